@@ -1,0 +1,36 @@
+# One-command set-up, build, test and demo. Everything lives in .venv/ (ignored by git).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+INSTALL := install
+PYTEST_ARGS ?=
+
+.PHONY: setup build test demo infer-demo clean
+
+setup: $(STAMP)
+
+# Re-run only when a requirements file or setup.py changes.
+$(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) scripts/fix_ros_wheels.py
+	touch $(STAMP)
+
+build: setup
+	bash scripts/build_ros.sh
+
+test: build
+	bash scripts/with_ros.sh $(PY) -m pytest -q $(PYTEST_ARGS) test
+
+demo: build
+	bash scripts/with_ros.sh $(PY) scripts/ros_demo.py --out demo_output
+
+infer-demo: setup
+	$(PY) scripts/infer_demo.py --out demo_output
+
+clean:
+	rm -rf build install log demo_output

@@ -1,0 +1,37 @@
+"""Command-line options shared by the subcommands that build a grounder."""
+from __future__ import annotations
+
+import argparse
+
+from .model import AffordanceGrounder, GrounderConfig
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision, --input-size, --template."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--clip-model", default="RN101", help="open_clip ResNet model name (default: RN101)")
+    group.add_argument("--clip-pretrained", default="openai",
+                       help="CLIP weights: an open_clip tag (openai), a local file path, or 'none' for random "
+                            "weights (tests and benchmarks only)")
+    group.add_argument("--fpn-checkpoint", default=None,
+                       help="trained FPN (.safetensors); without it the training-free dense CLIP head is used")
+    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                       help="autocast precision; auto = fp16 on CUDA, fp32 on CPU")
+    group.add_argument("--input-size", type=int, default=416, help="square model input in pixels (multiple of 32)")
+    group.add_argument("--template", action="append", dest="templates", default=None,
+                       help="prompt template with one '{}' (repeat to average several); default: the bare phrase")
+
+
+def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
+    kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                  fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,
+                  input_size=args.input_size)
+    if args.templates:
+        kwargs["prompt_templates"] = tuple(args.templates)
+    kwargs.update(overrides)
+    return GrounderConfig(**kwargs)
+
+
+def grounder_from_args(args: argparse.Namespace, **overrides) -> AffordanceGrounder:
+    return AffordanceGrounder.from_config(config_from_args(args, **overrides))

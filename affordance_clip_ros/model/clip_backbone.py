@@ -1,0 +1,159 @@
+"""Frozen open_clip ResNet CLIP: multi-scale image features and cached text embeddings."""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .weights import resolve_pretrained
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+open_clip.add_model_config(CONFIG_DIR)  # registers "RN-tiny" (random weights, tests only)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class ImageFeatures:
+    """CLIP visual features of a batch. Shapes for an input of H x W."""
+
+    f1: torch.Tensor  # layer2, (B, C1, H/8, W/8)
+    f2: torch.Tensor  # layer3, (B, C2, H/16, W/16)
+    f3: torch.Tensor  # layer4, (B, C3, H/32, W/32)
+    global_embedding: torch.Tensor  # attention-pool output F_S, (B, C)
+
+
+class FrozenCLIP(nn.Module):
+    """An open_clip ResNet CLIP with every parameter frozen and BatchNorm in eval mode.
+
+    Example::
+
+        clip = FrozenCLIP.create("RN-tiny", "none")
+        feats = clip.image_features(torch.zeros(1, 3, 416, 416))  # f1: (1, 128, 52, 52)
+        text = clip.encode_text(["cut with"])  # (1, 64), unit norm
+    """
+
+    def __init__(self, model: open_clip.CLIP, tokenizer, model_name: str, text_cache_size: int = 256):
+        super().__init__()
+        if not isinstance(getattr(model, "visual", None), open_clip.modified_resnet.ModifiedResNet):
+            raise TypeError(f"CLIP model '{model_name}' is not a ResNet CLIP; use an RN* model such as RN101.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.text_cache_size = text_cache_size
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._pos_embed_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def create(cls, model_name: str = "RN101", pretrained: str = "openai", device: str | torch.device = "cpu",
+               cache_dir: str | None = None, text_cache_size: int = 256) -> "FrozenCLIP":
+        """Build the model and load its weights (see :func:`resolve_pretrained` for the order)."""
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"Unknown CLIP model '{model_name}'. ResNet models: "
+                             f"{[m for m in open_clip.list_models() if m.startswith('RN')]}")
+        source = resolve_pretrained(model_name, pretrained, cache_dir)
+        model = open_clip.create_model(model_name, pretrained=source, device=device, cache_dir=cache_dir,
+                                       force_quick_gelu=True, weights_only=True)
+        return cls(model, open_clip.get_tokenizer(model_name), model_name, text_cache_size).to(device)
+
+    def train(self, mode: bool = True) -> "FrozenCLIP":
+        """CLIP stays in eval mode whatever the caller asks (frozen BatchNorm statistics)."""
+        return super().train(False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.visual.output_dim
+
+    @property
+    def feature_channels(self) -> tuple[int, int, int]:
+        """Channels of (f1, f2, f3)."""
+        visual = self.model.visual
+        return tuple(layer[-1].bn3.num_features for layer in (visual.layer2, visual.layer3, visual.layer4))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    # ------------------------------------------------------------------ image
+    def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
+        """Normalised pixels (B, 3, H, W) with H, W multiples of 32 -> :class:`ImageFeatures`."""
+        out = self.model.visual.forward_intermediates(pixels, indices=[2, 3, 4], intermediates_only=True)
+        f1, f2, f3 = out["image_intermediates"]
+        return ImageFeatures(f1, f2, f3, self.attention_pool(f3))
+
+    def _positional_embedding(self, height: int, width: int) -> torch.Tensor:
+        """The attention pool's positional embedding, bicubically resized to a height x width grid."""
+        key = (height, width)
+        if key not in self._pos_embed_cache:
+            pos = self.model.visual.attnpool.positional_embedding
+            side = int(round((pos.shape[0] - 1) ** 0.5))
+            grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+            if (side, side) != key:
+                grid = F.interpolate(grid.float(), size=key, mode="bicubic", align_corners=False).to(pos.dtype)
+            self._pos_embed_cache[key] = torch.cat([pos[:1], grid.flatten(2).squeeze(0).T], dim=0)
+        return self._pos_embed_cache[key]
+
+    def attention_pool(self, f3: torch.Tensor) -> torch.Tensor:
+        """CLIP's attention pooling of layer4 (B, C3, h, w) -> global embedding (B, C), any grid size."""
+        pool = self.model.visual.attnpool
+        b, c, h, w = f3.shape
+        x = f3.flatten(2).permute(2, 0, 1)  # (hw, B, C3)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+        x = x + self._positional_embedding(h, w)[:, None, :].to(x.dtype)
+        out, _ = F.multi_head_attention_forward(
+            query=x[:1], key=x, value=x, embed_dim_to_check=c, num_heads=pool.num_heads,
+            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+            in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
+            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
+            use_separate_proj_weight=True, training=False, need_weights=False)
+        return out[0]
+
+    def dense_embeddings(self, f3: torch.Tensor) -> torch.Tensor:
+        """Training-free dense features (MaskCLIP): the pool's value and output projections at
+        every layer4 location. (B, C3, h, w) -> (B, C, h, w), L2-normalised over channels."""
+        pool = self.model.visual.attnpool
+        x = f3.permute(0, 2, 3, 1)
+        x = F.linear(F.linear(x, pool.v_proj.weight, pool.v_proj.bias), pool.c_proj.weight, pool.c_proj.bias)
+        return F.normalize(x.permute(0, 3, 1, 2), dim=1)
+
+    # ------------------------------------------------------------------ text
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Unit-norm text embeddings (N, C) for N strings; repeated strings come from a bounded LRU cache."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            self._warn_truncated(missing)
+            tokens = self.tokenizer(missing).to(self.device)
+            with torch.inference_mode():
+                embeddings = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            for text, emb in zip(missing, embeddings):
+                self._text_cache[text] = emb
+        for text in texts:
+            self._text_cache.move_to_end(text)
+        result = torch.stack([self._text_cache[t] for t in texts])
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.popitem(last=False)
+        return result
+
+    def _warn_truncated(self, texts: Sequence[str]) -> None:
+        limit = self.tokenizer.context_length - 2  # start and end tokens
+        for text in texts:
+            n = len(self.tokenizer.encode(text)) if hasattr(self.tokenizer, "encode") else 0
+            if n > limit:
+                log.warning("Prompt of %d tokens truncated to CLIP's context of %d: '%s...'", n, limit, text[:60])
+
+    @property
+    def text_cache_len(self) -> int:
+        return len(self._text_cache)

@@ -1,0 +1,195 @@
+"""The one public inference entry point: image + action phrases -> heatmaps and peaks."""
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_fpn
+from .clip_backbone import FrozenCLIP
+from .fpn import AffordanceFPN, pixel_text_logits
+from .letterbox import letterbox_batch, unletterbox
+from .peaks import Peak, find_peaks
+from .prompts import DEFAULT_TEMPLATES, expand, validate_templates
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MODE_FPN = "fpn"
+MODE_TRAINING_FREE = "training-free"
+
+
+@dataclass(frozen=True)
+class GrounderConfig:
+    """Everything that defines an :class:`AffordanceGrounder`. Defaults follow the paper."""
+
+    clip_model: str = "RN101"
+    clip_pretrained: str = "openai"  # open_clip tag, local file, or "none" (random: tests only)
+    fpn_checkpoint: str | None = None  # None: training-free dense CLIP head
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto = fp16 on CUDA, fp32 on CPU
+    input_size: int = 416  # square letterboxed model input, a multiple of 32
+    prompt_templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    num_peaks: int = 5
+    peak_threshold: float = 0.3
+    peak_min_distance: int = 20  # pixels of the input image
+    text_cache_size: int = 256
+    clip_cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.input_size <= 0 or self.input_size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32, got {self.input_size}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        object.__setattr__(self, "prompt_templates", validate_templates(self.prompt_templates))
+
+
+@dataclass
+class AffordancePrediction:
+    """One prompt's result for one image."""
+
+    prompt: str
+    heatmap: np.ndarray  # float32, H x W of the input image, values in [0, 1]
+    peaks: list[Peak] = field(default_factory=list)  # best first
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting, or None for plain fp32."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+class AffordanceGrounder(nn.Module):
+    """Frozen CLIP + (trained FPN or training-free dense head) -> affordance heatmaps.
+
+    Example::
+
+        grounder = AffordanceGrounder.from_config(GrounderConfig(clip_pretrained="none", clip_model="RN-tiny"))
+        [pred] = grounder.predict(skimage.data.coffee(), ["drink with"])
+        pred.heatmap.shape, pred.peaks[0]  # (400, 600), Peak(u=..., v=..., score=...)
+    """
+
+    def __init__(self, clip: FrozenCLIP, fpn: AffordanceFPN | None, config: GrounderConfig):
+        super().__init__()
+        self.clip = clip
+        self.fpn = fpn.eval() if fpn is not None else None
+        self.config = config
+        self.device = clip.device
+        self.dtype = autocast_dtype(config.precision, self.device)
+        self.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_config(cls, config: GrounderConfig) -> "AffordanceGrounder":
+        """Build CLIP, load weights and the FPN checkpoint (if any) on the configured device."""
+        device = resolve_device(config.device)
+        clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, device, config.clip_cache_dir,
+                                 config.text_cache_size)
+        fpn = None
+        if config.fpn_checkpoint:
+            fpn, meta = load_fpn(config.fpn_checkpoint, config.clip_model, clip.feature_channels, clip.embed_dim,
+                                 map_location=device)
+            fpn.to(device)
+            if meta.get("input_size") != config.input_size:
+                log.warning("FPN checkpoint was trained at %s px, running at %d px: expect a small accuracy change.",
+                            meta.get("input_size"), config.input_size)
+        else:
+            log.info("No FPN checkpoint: using the training-free dense CLIP head.")
+        return cls(clip, fpn, config)
+
+    @property
+    def mode(self) -> str:
+        return MODE_FPN if self.fpn is not None else MODE_TRAINING_FREE
+
+    def with_settings(self, **changes) -> None:
+        """Change run-time settings (peaks, templates) without reloading the model."""
+        forbidden = {"clip_model", "clip_pretrained", "fpn_checkpoint", "device", "clip_cache_dir"} & changes.keys()
+        if forbidden:
+            raise ValueError(f"{sorted(forbidden)} need a new grounder")
+        self.config = replace(self.config, **changes)
+        self.dtype = autocast_dtype(self.config.precision, self.device)
+
+    # ------------------------------------------------------------------ text
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, C) unit-norm embeddings, each the mean over the prompt templates."""
+        templates = self.config.prompt_templates
+        texts = [t for p in prompts for t in expand(p, templates)]
+        embeddings = self.clip.encode_text(texts).view(len(prompts), len(templates), -1).mean(dim=1)
+        return torch.nn.functional.normalize(embeddings, dim=-1)
+
+    # ------------------------------------------------------------------ image
+    def _autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def pixel_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised model input (B, 3, S, S) -> text-aligned pixel embeddings (B, C, h, w)."""
+        features = self.clip.image_features(pixels.contiguous(memory_format=torch.channels_last))
+        if self.fpn is not None:
+            return self.fpn(features)
+        return self.clip.dense_embeddings(features.f3)
+
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits (..., h, w) -> values in [0, 1]: sigmoid for the trained FPN (as trained), per-map
+        min-max for the training-free head, whose cosine similarities have no calibrated scale."""
+        logits = logits.float()
+        if self.fpn is not None:
+            return torch.sigmoid(logits)
+        low = logits.amin(dim=(-2, -1), keepdim=True)
+        high = logits.amax(dim=(-2, -1), keepdim=True)
+        return (logits - low) / (high - low).clamp_min(1e-6)
+
+    @torch.inference_mode()
+    def heatmap_tensors(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[torch.Tensor]:
+        """For each image, (N, H, W) probabilities for all N prompts, on the device. CLIP and the
+        FPN run once per image whatever N is."""
+        tensors = [torch.from_numpy(_check_image(image)).to(self.device, non_blocking=True) for image in images]
+        pixels, boxes = letterbox_batch(tensors, self.config.input_size)
+        with self._autocast():
+            dense = self.pixel_embeddings(pixels)
+            logits = pixel_text_logits(dense, self.text_embeddings(prompts))
+        return [self._probabilities(unletterbox(maps, box)) for maps, box in zip(logits, boxes)]
+
+    def predict(self, image: np.ndarray, prompts: Sequence[str]) -> list[AffordancePrediction]:
+        """uint8 RGB H x W x 3 image and prompts -> one :class:`AffordancePrediction` per prompt."""
+        prompts = [p for p in prompts]
+        if not prompts:
+            return []
+        [maps] = self.heatmap_tensors([image], prompts)
+        heatmaps = maps.cpu().numpy()
+        cfg = self.config
+        return [AffordancePrediction(p, h, find_peaks(h, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance))
+                for p, h in zip(prompts, heatmaps)]
+
+    @torch.inference_mode()
+    def heatmaps(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[np.ndarray]:
+        """Batched scoring: one prompt per image -> one float32 H x W map per image (no peaks)."""
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
+        unique = list(dict.fromkeys(prompts))
+        maps = self.heatmap_tensors(images, unique)
+        return [m[unique.index(p)].cpu().numpy() for m, p in zip(maps, prompts)]
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError("image must be a uint8 numpy array of shape H x W x 3 (RGB), got "
+                         f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image has zero size {image.shape}")
+    return np.ascontiguousarray(image)

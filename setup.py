@@ -1,0 +1,31 @@
+"""pip installation of the library and the ``affordance-clip`` command, without ROS.
+
+On a ROS 2 system the package is built by colcon through CMakeLists.txt instead, which also
+generates the ``affordance_clip_ros.msg`` interfaces.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="affordance_clip_ros",
+    version="0.1.0",
+    description="Open-vocabulary affordance grounding with frozen CLIP and a trained FPN (AffordanceCLIP)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["affordance_clip_ros", "affordance_clip_ros.*"]),
+    package_data={"affordance_clip_ros.model": ["configs/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision",
+        "open_clip_torch>=3.0",
+        "numpy",
+        "opencv-python-headless",
+        "scikit-image",
+        "safetensors",
+        "tqdm",
+        "matplotlib",
+        "pycocotools",
+        "PyYAML",
+    ],
+    extras_require={"export": ["onnx", "onnxruntime"]},
+    entry_points={"console_scripts": ["affordance-clip = affordance_clip_ros.cli:main"]},
+)
