@@ -69,7 +69,7 @@ def _missing_message(model_name: str, tag: str) -> str:
         f"Needed file: '{_HF_FILENAMES[0]}' (or '{_HF_FILENAMES[1]}') from the Hugging Face repo "
         f"'{hub_id}'.\n"
         f"Either copy it into the Hugging Face cache on a machine with internet access "
-        f"(`huggingface-cli download {hub_id} {_HF_FILENAMES[0]}`, then copy ~/.cache/huggingface), "
+        f"(`hf download {hub_id} {_HF_FILENAMES[0]}`, then copy ~/.cache/huggingface), "
         f"or put the file anywhere and pass its path: --clip-pretrained /path/{_HF_FILENAMES[0]} "
         f"(ROS parameter clip_pretrained)."
     )
