@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Sequence
 import open_clip
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .weights import resolve_pretrained
+from .weights import WeightsLoadError, resolve_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,16 @@ class FrozenCLIP(nn.Module):
             raise ValueError(f"Unknown CLIP model '{model_name}'. ResNet models: "
                              f"{[m for m in open_clip.list_models() if m.startswith('RN')]}")
         source = resolve_pretrained(model_name, pretrained, cache_dir)
-        model = open_clip.create_model(model_name, pretrained=source, device=device, cache_dir=cache_dir,
-                                       force_quick_gelu=True, weights_only=True)
+        try:
+            model = open_clip.create_model(model_name, pretrained=source, device=device, cache_dir=cache_dir,
+                                           force_quick_gelu=True, weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise WeightsLoadError(
+                f"CLIP weights '{source}' were refused: the file holds Python objects besides tensors, and "
+                f"loading it could run code. Use a .safetensors file or a plain tensor state dict.") from e
+        except (RuntimeError, AssertionError, KeyError, SafetensorError) as e:  # open_clip asserts on shapes
+            raise WeightsLoadError(f"CLIP weights '{source}' do not fit model '{model_name}' (wrong architecture, "
+                                   f"or a damaged file): {str(e).splitlines()[0]}") from e
         return cls(model, open_clip.get_tokenizer(model_name), model_name, text_cache_size).to(device)
 
     def train(self, mode: bool = True) -> "FrozenCLIP":

@@ -29,6 +29,10 @@ class WeightsNotFoundError(FileNotFoundError):
     """CLIP weights are needed but neither on disk nor downloadable."""
 
 
+class WeightsLoadError(ValueError):
+    """A CLIP weights file exists but cannot be used (unsafe, damaged, or another architecture)."""
+
+
 def hub_reachable(timeout_s: float = 3.0) -> bool:
     """True when the model hub answers a TCP connection and offline mode is not set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
