@@ -4,19 +4,19 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
-INSTALL := install
 PYTEST_ARGS ?=
 
 .PHONY: setup build test demo infer-demo clean
 
 setup: $(STAMP)
 
-# Re-run only when a requirements file or setup.py changes.
-$(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt setup.py
+# Re-run only when a requirements file changes. The package itself is not pip-installed here:
+# the tests, the node and the CLI import the one copy that colcon installs into install/
+# (it also holds the generated msg subpackage); scripts/with_ros.sh puts it on the path.
+$(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-ros.txt -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) scripts/fix_ros_wheels.py
 	touch $(STAMP)
 
@@ -29,8 +29,8 @@ test: build
 demo: build
 	bash scripts/with_ros.sh $(PY) scripts/ros_demo.py --out demo_output
 
-infer-demo: setup
-	$(PY) scripts/infer_demo.py --out demo_output
+infer-demo: build
+	bash scripts/with_ros.sh $(PY) scripts/infer_demo.py --out demo_output
 
 clean:
 	rm -rf build install log demo_output

@@ -1,0 +1,27 @@
+"""The pip route (no ROS): setup.py builds a wheel with the model configs and the console script."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pip_wheel_holds_the_library_configs_and_command(tmp_path):
+    source = tmp_path / "src"  # a copy, so that setuptools' build/ and egg-info stay out of the checkout
+    shutil.copytree(ROOT / "affordance_clip_ros", source / "affordance_clip_ros",
+                    ignore=shutil.ignore_patterns("__pycache__", "msg"))
+    shutil.copy(ROOT / "setup.py", source)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
+    [wheel] = tmp_path.glob("affordance_clip_ros-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for needed in ("affordance_clip_ros/model/grounder.py", "affordance_clip_ros/model/configs/RN-tiny.json",
+                   "affordance_clip_ros/cli.py", "affordance_clip_ros/training/__init__.py",
+                   "affordance_clip_ros/evaluation/__init__.py"):
+        assert needed in names, needed
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "affordance-clip = affordance_clip_ros.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
