@@ -1,0 +1,187 @@
+"""Referring-segmentation samples shared by the RefCOCO and JSONL readers: decoding, letterboxing,
+and a data order that can be resumed part-way through an epoch."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset, DistributedSampler
+
+from ..model.letterbox import Letterbox, letterbox_batch
+
+
+# ---------------------------------------------------------------------------------------- masks
+@dataclass(frozen=True)
+class CocoSegmentation:
+    """A COCO annotation's ``segmentation``: polygons [[x, y, ...], ...] or RLE (compressed or not)."""
+
+    segmentation: Union[list, dict]
+
+    def decode(self, height: int, width: int) -> np.ndarray:
+        seg = self.segmentation
+        if isinstance(seg, list):
+            polygons = [p for p in seg if len(p) >= 6]  # COCO keeps degenerate polygons; they cover nothing
+            if not polygons:
+                return np.zeros((height, width), np.uint8)
+            rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(seg, height, width)
+        else:
+            rle = dict(seg)
+            if isinstance(rle["counts"], str):
+                rle["counts"] = rle["counts"].encode("ascii")
+            if tuple(rle["size"]) != (height, width):
+                raise ValueError(f"RLE of size {rle['size']} for an image of {height}x{width}")
+        with warnings.catch_warnings():  # pycocotools' own numpy-2 copy-keyword notice, harmless
+            warnings.filterwarnings("ignore", message=".*copy keyword", category=DeprecationWarning)
+            return np.ascontiguousarray(mask_utils.decode(rle), dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class PngMask:
+    """A mask image; any non-zero pixel is foreground."""
+
+    path: str
+
+    def decode(self, height: int, width: int) -> np.ndarray:
+        mask = cv2.imread(self.path, cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise FileNotFoundError(f"cannot read mask '{self.path}'")
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+        if mask.shape != (height, width):
+            raise ValueError(f"mask '{self.path}' is {mask.shape[1]}x{mask.shape[0]} but its image is {width}x{height}")
+        return (mask > 0).astype(np.uint8)
+
+
+MaskSource = Union[CocoSegmentation, PngMask]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One training sample: an image, one referring sentence, and the mask it refers to."""
+
+    image: str
+    sentence: str
+    mask: MaskSource
+
+
+# ---------------------------------------------------------------------------------------- images
+def read_rgb(path: str) -> np.ndarray:
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(f"cannot read image '{path}' (missing or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def letterbox_mask(mask: np.ndarray, box: Letterbox) -> torch.Tensor:
+    """H x W {0, 1} mask -> (size, size) uint8 with the geometry :func:`letterbox_batch` gives the image.
+
+    Resized as a float map (area when shrinking, bilinear when enlarging) and binarised at 0.5,
+    so a thin part keeps its pixels when it covers at least half of them; padding is 0.
+    """
+    rows, cols = box.inner
+    top, left = box.offset
+    inner = mask.astype(np.float32)
+    if (rows, cols) != mask.shape:
+        shrink = rows < mask.shape[0]
+        inner = cv2.resize(inner, (cols, rows), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    out = torch.zeros((box.size, box.size), dtype=torch.uint8)
+    out[top:top + rows, left:left + cols] = torch.from_numpy((inner >= 0.5).astype(np.uint8))
+    return out
+
+
+class ReferringDataset(Dataset):
+    """Records -> letterboxed model inputs. Runs in DataLoader workers.
+
+    Item: ``pixels`` (3, S, S) float normalised for CLIP, ``mask`` (S, S) uint8, ``box`` (4,) int
+    (top, left, rows, cols) of the image inside the input, ``text`` str.
+    """
+
+    def __init__(self, records: Sequence[Record], input_size: int):
+        self.records = list(records)
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        image = read_rgb(record.image)
+        mask = record.mask.decode(*image.shape[:2])
+        pixels, [box] = letterbox_batch([torch.from_numpy(image)], self.input_size)
+        top, left = box.offset
+        return {"pixels": pixels[0], "mask": letterbox_mask(mask, box), "text": record.sentence,
+                "box": torch.tensor([top, left, *box.inner])}
+
+    def subset(self, count: int) -> "ReferringDataset":
+        """``count`` evenly spaced records (all when count is 0 or too large), in order."""
+        if count <= 0 or count >= len(self.records):
+            return self
+        picks = np.linspace(0, len(self.records) - 1, count).round().astype(int)
+        return ReferringDataset([self.records[i] for i in picks], self.input_size)
+
+
+def worker_init(_: int) -> None:
+    """DataLoader worker set-up: one OpenCV thread per worker (the workers are the parallelism)."""
+    cv2.setNumThreads(1)
+
+
+def build_dataset(sources: str, split: str, input_size: int, data_root: str, coco_images: str = "") -> ReferringDataset:
+    """``sources``: comma-separated ``dataset:splitBy`` (refer toolkit, under ``data_root``) or ``*.jsonl`` files."""
+    from .jsonl import load_jsonl
+    from .refcoco import load_refer
+
+    records: list[Record] = []
+    for source in (s.strip() for s in sources.split(",") if s.strip()):
+        if source.endswith(".jsonl"):
+            records += load_jsonl(source)
+        else:
+            name, sep, split_by = source.partition(":")
+            if not sep or not name or not split_by:
+                raise ValueError(f"data source '{source}' must be 'dataset:splitBy' (e.g. refcoco:unc, "
+                                 f"refcocog:umd) or a path ending in .jsonl")
+            records += load_refer(data_root, name, split_by, split, coco_images or None)
+    if not records:
+        raise ValueError(f"no samples in '{sources}' (split '{split}')")
+    return ReferringDataset(records, input_size)
+
+
+# ---------------------------------------------------------------------------------------- order
+class ResumableSampler(DistributedSampler):
+    """:class:`DistributedSampler` that can start part-way through an epoch.
+
+    The permutation of epoch ``e`` is ``torch.randperm(n, generator seeded with seed + e)``, split
+    across processes as ``DistributedSampler`` does, so it depends only on (seed, epoch, number of
+    processes). :meth:`set_position` skips the samples this process already consumed.
+    Works without ``torch.distributed`` (num_replicas=1, rank=0).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        if not 0 <= start <= self.num_samples:
+            raise ValueError(f"start {start} outside the epoch's {self.num_samples} samples")
+        self.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start:])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def check_exists(path: Path, what: str, layout: str) -> None:
+    """FileNotFoundError naming the missing path and showing the expected layout."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} '{path}' not found. Expected layout:\n{layout}")
