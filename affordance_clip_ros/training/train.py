@@ -195,9 +195,12 @@ def _loader(dataset, batch_size: int, config: TrainConfig, device: torch.device,
     """Decoding and letterboxing run in ``num_workers`` processes; the training loader keeps its
     workers across epochs and drops a last partial micro-batch (BatchNorm needs >= 2 images)."""
     workers = config.num_workers
+    # Workers are spawned, not forked: a fork of a process whose other threads hold locks (CUDA,
+    # a DDS participant of rclpy in the same process, OpenMP) can hang the child for ever.
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=training,
                       num_workers=workers, pin_memory=device.type == "cuda",
-                      persistent_workers=training and workers > 0, worker_init_fn=worker_init if workers else None)
+                      persistent_workers=training and workers > 0, worker_init_fn=worker_init if workers else None,
+                      multiprocessing_context="spawn" if workers else None)
 
 
 def _optimizer_step(model, clip, batches: Iterator, optimizer, scaler, plan: BatchPlan, config: TrainConfig,
