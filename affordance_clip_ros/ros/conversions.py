@@ -1,0 +1,155 @@
+"""sensor_msgs/Image <-> numpy, exact and strict. No rclpy node here.
+
+``image_to_numpy`` validates the message's own description of its buffer (encoding, width,
+height, step, data length) before looking at a single pixel, so a malformed message gives a
+clean :class:`ImageConversionError` (a ``ValueError``) naming what is wrong, never a garbage
+array or a crash. Row padding (``step`` > width * pixel size) is dropped and multi-byte pixels
+are read in the byte order ``is_bigendian`` says. cv_bridge is used when it imports (a real ROS
+install), after the same checks; otherwise numpy does the conversion.
+
+Encodings (sensor_msgs/image_encodings.hpp names):
+
+=========  =======  ========  =====================================
+encoding   dtype    channels  use here
+=========  =======  ========  =====================================
+rgb8       uint8    3         colour image
+bgr8       uint8    3         colour image, overlay output
+rgba8      uint8    4         colour image (alpha dropped)
+bgra8      uint8    4         colour image (alpha dropped)
+mono8      uint8    1         grey image (replicated to RGB)
+mono16     uint16   1         grey image (top 8 bits used)
+16UC1      uint16   1         depth, millimetres
+32FC1      float32  1         depth in metres, heatmap output
+=========  =======  ========  =====================================
+"""
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+try:  # a real ROS install; the PyPI "cv-bridge" is a broken ROS 1 fork and is not used
+    from cv_bridge import CvBridge
+
+    _BRIDGE = CvBridge()
+except ImportError:  # pragma: no cover - depends on the installation
+    _BRIDGE = None
+
+BACKEND = "cv_bridge" if _BRIDGE is not None else "numpy"
+
+
+class ImageConversionError(ValueError):
+    """An Image message that does not describe a valid buffer, or an unsupported encoding."""
+
+
+class Encoding(NamedTuple):
+    dtype: np.dtype
+    channels: int
+
+
+ENCODINGS: dict[str, Encoding] = {
+    "rgb8": Encoding(np.dtype(np.uint8), 3),
+    "bgr8": Encoding(np.dtype(np.uint8), 3),
+    "rgba8": Encoding(np.dtype(np.uint8), 4),
+    "bgra8": Encoding(np.dtype(np.uint8), 4),
+    "mono8": Encoding(np.dtype(np.uint8), 1),
+    "mono16": Encoding(np.dtype(np.uint16), 1),
+    "16UC1": Encoding(np.dtype(np.uint16), 1),
+    "32FC1": Encoding(np.dtype(np.float32), 1),
+}
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
+DEPTH_ENCODINGS = ("16UC1", "32FC1")
+_HOST_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _encoding(name: str) -> Encoding:
+    try:
+        return ENCODINGS[name]
+    except KeyError:
+        raise ImageConversionError(
+            f"unsupported encoding '{name}'; supported: {', '.join(ENCODINGS)}") from None
+
+
+def check_layout(msg: Image) -> Encoding:
+    """Validate encoding, size, step and data length; return the encoding's dtype and channels."""
+    enc = _encoding(msg.encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row_bytes = width * enc.channels * enc.dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is smaller than width {width} x {enc.channels} channel(s) x "
+            f"{enc.dtype.itemsize} byte(s) = {row_bytes} for encoding '{msg.encoding}'")
+    size = len(msg.data)
+    if size != step * height:
+        raise ImageConversionError(
+            f"data holds {size} bytes but step x height = {step} x {height} = {step * height}")
+    return enc
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """An Image message -> a C-contiguous, native-byte-order array: (H, W) for one channel,
+    (H, W, C) otherwise, with the encoding's dtype. A zero width or height gives an empty array.
+
+    Raises :class:`ImageConversionError` for an unsupported encoding or an inconsistent layout.
+    """
+    enc = check_layout(msg)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    shape = (height, width) if enc.channels == 1 else (height, width, enc.channels)
+    if height == 0 or width == 0:
+        return np.zeros(shape, dtype=enc.dtype)
+    if _BRIDGE is not None:  # pragma: no cover - only on a real ROS install
+        array = np.asarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+        return np.ascontiguousarray(array.reshape(shape), dtype=enc.dtype)
+    big_endian = bool(msg.is_bigendian) and enc.dtype.itemsize > 1
+    wire = enc.dtype.newbyteorder(">" if big_endian else "<")
+    rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
+    pixels = rows[:, :width * enc.channels * enc.dtype.itemsize]
+    array = pixels.copy().view(wire).reshape(shape)  # owns its memory, independent of the message
+    return array.astype(enc.dtype, copy=False)  # byte-swaps only when the wire order is not the host's
+
+
+def rgb_from_image(msg: Image) -> np.ndarray:
+    """A colour or grey Image -> uint8 RGB (H, W, 3), what the model takes.
+
+    Depth encodings (16UC1, 32FC1) and anything not in :data:`COLOUR_ENCODINGS` are refused.
+    """
+    if msg.encoding not in COLOUR_ENCODINGS:
+        raise ImageConversionError(
+            f"encoding '{msg.encoding}' is not a colour image; the image topic takes "
+            f"{', '.join(COLOUR_ENCODINGS)}")
+    array = image_to_numpy(msg)
+    encoding = msg.encoding
+    if encoding == "rgb8":
+        return array
+    if encoding == "bgr8":
+        return np.ascontiguousarray(array[..., ::-1])
+    if encoding == "rgba8":
+        return np.ascontiguousarray(array[..., :3])
+    if encoding == "bgra8":
+        return np.ascontiguousarray(array[..., 2::-1])
+    if encoding == "mono16":
+        array = (array >> 8).astype(np.uint8)
+    return np.repeat(array[..., None], 3, axis=2)
+
+
+def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """An array -> Image message with the given encoding (dtype and channels must match it),
+    tightly packed rows, the host's byte order."""
+    enc = _encoding(encoding)
+    expected_ndim = 2 if enc.channels == 1 else 3
+    if array.ndim != expected_ndim or (enc.channels > 1 and array.shape[2] != enc.channels):
+        raise ImageConversionError(f"array of shape {array.shape} does not fit encoding '{encoding}' "
+                                   f"({enc.channels} channel(s))")
+    if array.dtype != enc.dtype:
+        raise ImageConversionError(f"array dtype {array.dtype} does not fit encoding '{encoding}' ({enc.dtype})")
+    array = np.ascontiguousarray(array)
+    height, width = array.shape[:2]
+    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
+                step=width * enc.channels * enc.dtype.itemsize)
+    if header is not None:
+        msg.header = header
+    msg.data = array.tobytes()
+    return msg

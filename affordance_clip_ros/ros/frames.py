@@ -1,0 +1,190 @@
+"""Small thread-safe pieces between the subscription callbacks and the inference worker.
+
+* :class:`LatestSlot`: holds the newest unprocessed frame; a new frame replaces an older one
+  (and is counted), so the worker always takes the newest and callbacks never wait.
+* :class:`DepthBuffer`: the last few depth images, matched to a colour image by stamp.
+* :class:`FrameStats`: counters and latency samples for /diagnostics.
+* :class:`ThrottledLog`: at most one message per reason and period, with a count of the rest.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+def stamp_ns(stamp) -> int:
+    """builtin_interfaces/Time -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class Frame:
+    msg: Any  # sensor_msgs/Image as received
+    received: float  # time.monotonic() at reception
+
+
+class LatestSlot:
+    """A one-frame mailbox: ``put`` never blocks, ``take`` waits for a frame or ``close``."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self.replaced = 0  # frames overwritten before the worker took them
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True when it replaced an unprocessed one."""
+        with self._cond:
+            replaced = self._frame is not None
+            self.replaced += replaced
+            self._frame = frame
+            self._cond.notify()
+        return replaced
+
+    def take(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame (removing it), or None on timeout or after :meth:`close`."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
+            frame, self._frame = self._frame, None
+            return None if self._closed else frame
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` s, waking early when closed; True when closed."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._closed, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class DepthBuffer:
+    """The most recent depth images, looked up by the stamp nearest to a colour image's.
+
+    Colour and depth of one capture travel on two topics and may arrive in either order, so
+    :meth:`nearest` waits (briefly, up to ``wait_s``) for a depth image at or after the colour
+    stamp when the newest one held is older and depth is streaming.
+    """
+
+    def __init__(self, maxlen: int = 8):
+        self._cond = threading.Condition()
+        self._items: collections.deque = collections.deque(maxlen=maxlen)  # (stamp_ns, msg, received)
+
+    def add(self, msg) -> None:
+        with self._cond:
+            self._items.append((stamp_ns(msg.header.stamp), msg, time.monotonic()))
+            self._cond.notify_all()
+
+    def nearest(self, target_ns: int, max_age_s: float, wait_s: float = 0.0):
+        """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None."""
+        deadline = time.monotonic() + wait_s
+        with self._cond:
+            while True:
+                best = min(self._items, key=lambda item: abs(item[0] - target_ns), default=None)
+                newest = self._items[-1] if self._items else None
+                streaming = newest is not None and time.monotonic() - newest[2] < 1.0
+                may_come = streaming and newest[0] < target_ns
+                remaining = deadline - time.monotonic()
+                if not may_come or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if best is None or abs(best[0] - target_ns) > max_age_s * 1e9:
+                return None
+            return best[1]
+
+
+class FrameStats:
+    """Counters and the latency window behind /diagnostics (all methods thread-safe)."""
+
+    COUNTERS = ("received", "processed", "replaced", "rejected", "failed", "downscaled", "no_depth", "idle", "lost")
+
+    def __init__(self, window: int = 200, fps_window_s: float = 5.0):
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.COUNTERS, 0)
+        self._latency_ms: collections.deque = collections.deque(maxlen=window)
+        self._inference_ms: collections.deque = collections.deque(maxlen=window)
+        self._done: collections.deque = collections.deque(maxlen=10_000)
+        self._fps_window_s = fps_window_s
+        self._start = time.monotonic()
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def processed(self, latency_ms: float | None, inference_ms: float) -> None:
+        with self._lock:
+            self._counts["processed"] += 1
+            self._done.append(time.monotonic())
+            self._inference_ms.append(inference_ms)
+            if latency_ms is not None:
+                self._latency_ms.append(latency_ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self._lock:
+            counts = dict(self._counts)
+            while self._done and now - self._done[0] > self._fps_window_s:
+                self._done.popleft()
+            span = min(self._fps_window_s, max(now - self._start, 1e-3))
+            latency = sorted(self._latency_ms)
+            inference = list(self._inference_ms)
+            fps = len(self._done) / span
+        return dict(counts, fps=fps, latency_mean_ms=_mean(latency), latency_p95_ms=_percentile(latency, 95),
+                    inference_mean_ms=_mean(inference))
+
+
+def _mean(values) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _percentile(sorted_values, q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, int(round(q / 100.0 * (len(sorted_values) - 1)))))
+    return sorted_values[index]
+
+
+class ThrottledLog:
+    """At most one message per ``key`` and ``period_s`` to an rclpy logger; the next message of a
+    key says how many were suppressed in between.
+
+    (rclpy remembers the severity of each calling line, so each severity has its own line here.)
+    """
+
+    def __init__(self, logger, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self._logger = logger
+        self._period = period_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def _due(self, key: str, message: str) -> str | None:
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._period:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            skipped = self._suppressed.pop(key, 0)
+        return message + (f" ({skipped} similar message(s) suppressed)" if skipped else "")
+
+    def info(self, key: str, message: str) -> bool:
+        if (text := self._due(key, message)) is not None:
+            self._logger.info(text)
+        return text is not None
+
+    def warning(self, key: str, message: str) -> bool:
+        if (text := self._due(key, message)) is not None:
+            self._logger.warning(text)
+        return text is not None
+
+    def error(self, key: str, message: str) -> bool:
+        if (text := self._due(key, message)) is not None:
+            self._logger.error(text)
+        return text is not None

@@ -1,0 +1,456 @@
+"""The ``affordance_grounding`` node: camera frames + action phrases -> heatmaps and contact points.
+
+    ros2 run affordance_clip_ros grounding_node --ros-args -r image:=/camera/color/image_raw
+    ros2 topic pub --once /affordance/query std_msgs/msg/String "{data: 'cut with'}"
+
+Interface (DESIGN.md section 3): subscribes ``image``, ``/affordance/query`` and, with
+``use_depth``, ``depth`` + ``camera_info``; publishes ``~/result``, ``~/heatmap``, ``~/overlay``,
+``~/contact_point``, ``~/markers`` and ``/diagnostics``. Every output carries the input image's
+header.
+
+Threads: the executor's threads run the subscription callbacks, the timers and the parameter
+services; each callback only stores what arrived and returns. One worker thread owns the model:
+it takes the newest frame (a newer frame replaces an unprocessed one, which is counted), runs
+inference and publishes.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import NoReturn
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PointStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.context import Context
+from rclpy.exceptions import ParameterException
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
+
+from ..model.checkpoint import CheckpointError
+from ..model.grounder import AffordanceGrounder
+from ..model.weights import WeightsLoadError, WeightsNotFoundError
+from ..msg import AffordanceResult
+from ..visualization import draw_overlay
+from . import params
+from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_image
+from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, ThrottledLog, stamp_ns
+from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, deproject_pixels
+from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
+from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
+                       result_message)
+from .prompts import join_prompts, parse_prompts
+
+NODE_NAME = "affordance_grounding"
+QUERY_TOPIC = "/affordance/query"
+QUERY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# image_qos: sensor_data = SensorDataQoS (best effort, volatile) and reliable = the same but
+# reliable, both with a queue of 1: the node only ever processes the newest frame, a deeper
+# queue would only add latency and memory (Fast DDS keeps a buffer of the largest message seen
+# for every queue slot: five 8K frames are 500 MB).
+BEST_EFFORT_SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                    history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+RELIABLE_SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+# Depth 1: only the newest output is kept for late or slow subscribers (bounds memory with big frames).
+OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+MAX_IMAGE_PIXELS = 8192 * 8192  # larger frames are refused before any copy is made
+LOG_PERIOD_S = 5.0
+# Colour and depth of one capture arrive on two topics in either order: while depth is streaming,
+# wait this long at most for the depth image of a colour frame that is newer than all depth held.
+DEPTH_WAIT_S = 0.3
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message names the parameter and the fix."""
+
+
+class GroundingNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self.settings = _declare_parameters(self)
+        self._settings_lock = threading.Lock()
+        self.add_on_set_parameters_callback(params.validate)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self.grounder: AffordanceGrounder | None = None
+        self.stats = FrameStats()
+        self.throttled = ThrottledLog(self.get_logger(), LOG_PERIOD_S)
+        self._slot = LatestSlot()
+        self._depth = DepthBuffer()
+        self._camera_info: CameraInfo | None = None
+        self._worker: threading.Thread | None = None
+        self._last_problems = 0
+
+        # What may run in parallel (executor threads, plus the inference worker thread):
+        # - sensors (reentrant): image, depth and camera_info callbacks, also with each other;
+        #   they only store the message (LatestSlot, DepthBuffer and FrameStats lock; the
+        #   CameraInfo is one reference assignment), so a depth or camera_info message of a
+        #   capture never waits behind the image callback of the same capture.
+        # - query: the prompt subscription, alone; it sets the `prompts` parameter.
+        # - timers: /diagnostics and image-QoS matching, one at a time; they read counters.
+        # - the node's default group: the parameter services.
+        # Parameter changes may come from the query and the services at once: the settings
+        # snapshot is rebuilt under a lock and replaced whole; the worker reads one per frame.
+        sensors, query = ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        timers = MutuallyExclusiveCallbackGroup()
+
+        self._pub_result = self.create_publisher(AffordanceResult, "~/result", OUTPUT_QOS)
+        self._pub_heatmap = self.create_publisher(Image, "~/heatmap", OUTPUT_QOS)
+        self._pub_overlay = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
+        self._pub_contact = self.create_publisher(PointStamped, "~/contact_point", OUTPUT_QOS)
+        self._pub_markers = self.create_publisher(MarkerArray, "~/markers", OUTPUT_QOS)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._outputs = (self._pub_result, self._pub_heatmap, self._pub_overlay, self._pub_contact,
+                         self._pub_markers)
+
+        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS, callback_group=query)
+        self._sensor_subs: dict[str, tuple] = {}  # topic -> (subscription, reliability, msg type, callback)
+        self._subscribe_sensor("image", Image, self._on_image, sensors)
+        if self.settings.use_depth:
+            self._subscribe_sensor("depth", Image, self._depth.add, sensors)
+            self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info, sensors)
+
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
+        if self.settings.image_qos == "auto":
+            self.create_timer(1.0, self._match_publisher_qos, callback_group=timers)
+
+    # ------------------------------------------------------------------ life cycle
+    def load_model(self) -> None:
+        """Build the grounder from the (read-only) model parameters; StartupError on failure."""
+        s = self.settings
+        try:
+            self.grounder = AffordanceGrounder.from_config(s.grounder_config())
+        except (WeightsNotFoundError, WeightsLoadError, CheckpointError, FileNotFoundError, ValueError,
+                TypeError, RuntimeError) as e:
+            raise StartupError(_startup_message(e, s)) from e
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._run_worker, name="affordance_inference", daemon=True)
+        self._worker.start()
+        s = self.settings
+        topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
+                           for sub, rel, _, _ in self._sensor_subs.values())
+        self.get_logger().info(
+            f"ready: CLIP {s.clip_model} ({self.grounder.mode}) on {self.grounder.device}; inputs {topics}; "
+            f"prompts: {join_prompts(s.prompts) or '(none yet: publish on ' + QUERY_TOPIC + ')'}")
+
+    def stop(self, timeout_s: float = 1.5) -> None:
+        self._slot.close()
+        if self._worker is not None:
+            self._worker.join(timeout_s)
+
+    # ------------------------------------------------------------------ parameters
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        with self._settings_lock:
+            self.settings = self.settings.updated({p.name: p.value for p in parameters})
+        if any(p.name == "prompts" for p in parameters):
+            self.get_logger().info(f"prompts: {join_prompts(self.settings.prompts) or '(none: idle)'}")
+
+    # ------------------------------------------------------------------ inputs (executor threads)
+    def _on_query(self, msg: String) -> None:
+        parsed = parse_prompts(msg.data)
+        for note in parsed.notes:
+            self.get_logger().warning(f"{QUERY_TOPIC}: {note}")
+        if not parsed.prompts:
+            self.throttled.warning("empty query",
+                           f"ignored an empty query on {QUERY_TOPIC}; prompts stay "
+                           f"'{join_prompts(self.settings.prompts)}' (set parameter prompts to '' to stop)")
+            return
+        self.set_parameters([Parameter("prompts", value=join_prompts(parsed.prompts))])
+
+    def _on_image(self, msg: Image) -> None:
+        self.stats.count("received")
+        if not self.settings.prompts or not self._has_listeners():
+            self.stats.count("idle")
+            why = "no prompts" if not self.settings.prompts else "nobody subscribes to the outputs"
+            self.throttled.info("idle",
+                           f"frames are not processed: {why} (publish on {QUERY_TOPIC} or set parameter prompts)")
+            return
+        if self._slot.put(Frame(msg, time.monotonic())):
+            self.stats.count("replaced")
+
+    def _has_listeners(self) -> bool:
+        try:
+            return any(pub.get_subscription_count() for pub in self._outputs)
+        except Exception:  # noqa: BLE001 - the context is shutting down
+            return False
+
+    def _on_message_lost(self, info) -> None:
+        """DDS reports images that never arrived (best effort): counted as frames_lost."""
+        self.stats.count("lost", int(info.total_count_change))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    # ------------------------------------------------------------------ inference (worker thread)
+    def _run_worker(self) -> None:
+        next_start = 0.0
+        while (frame := self._slot.take()) is not None:
+            try:
+                self._process(frame)
+            except Exception as e:  # noqa: BLE001 - one bad frame must never stop the node
+                if not self.context.ok():
+                    return  # shutting down: publishers are gone
+                self.stats.count("failed")
+                self.throttled.error("failed",
+                               f"frame skipped, inference failed: {type(e).__name__}: {e}")
+                self.get_logger().debug(traceback.format_exc())
+            rate = self.settings.max_rate_hz
+            if rate > 0:
+                next_start = max(next_start + 1.0 / rate, time.monotonic())
+                if self._slot.wait_closed(next_start - time.monotonic()):
+                    return
+
+    def _process(self, frame: Frame) -> None:
+        s, msg = self.settings, frame.msg
+        try:
+            if msg.width * msg.height > MAX_IMAGE_PIXELS:
+                raise ImageConversionError(f"{msg.width}x{msg.height} is larger than {MAX_IMAGE_PIXELS} pixels")
+            rgb = rgb_from_image(msg)
+        except ImageConversionError as e:
+            self.stats.count("rejected")
+            self.throttled.warning("rejected", f"image rejected: {e}")
+            return
+        self.grounder.with_settings(**s.peak_settings())
+        start = time.perf_counter()
+        predictions, downscaled = predict_any_size(self.grounder, rgb, s.prompts)
+        inference_ms = (time.perf_counter() - start) * 1e3
+        if downscaled:
+            self.stats.count("downscaled")
+            self.throttled.warning("downscaled",
+                           f"{msg.width}x{msg.height} frame downscaled to {MAX_INFERENCE_SIDE} px for inference")
+        points = self._points_3d(msg, rgb.shape[:2], predictions, s) if s.use_depth else []
+        points += [None] * (len(predictions) - len(points))
+        self._publish(msg.header, rgb, predictions, points, inference_ms, s)
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)
+        self.stats.processed(age_ns / 1e6 if stamp_ns(msg.header.stamp) > 0 and age_ns >= 0 else None, inference_ms)
+        if downscaled:
+            release_free_memory()
+
+    def _points_3d(self, msg: Image, shape, predictions, s: params.Settings) -> list:
+        """3D points per prompt and peak, or [] (with a throttled warning) when this frame has none."""
+        try:
+            info = self._camera_info
+            if info is None:
+                raise DepthError("no CameraInfo received on camera_info yet")
+            depth_msg = self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
+            if depth_msg is None:
+                raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
+            depth_m = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
+            deprojector = Deprojector(info)
+            check_frame(shape, depth_m.shape, deprojector.intrinsics)
+            points = [deproject_pixels([(p.u, p.v) for p in pred.peaks], depth_m, deprojector, s.depth_window)
+                      for pred in predictions]
+            if any(pred.peaks for pred in predictions) and not any(pt for pts in points for pt in pts):
+                raise DepthError("no valid depth (0, NaN, inf or negative) around any contact point")
+            return points
+        except (DepthError, ImageConversionError) as e:
+            self.stats.count("no_depth")
+            self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")
+            return []
+
+    def _publish(self, header, rgb, predictions, points, inference_ms: float, s: params.Settings) -> None:
+        heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
+        self._pub_result.publish(result_message(header, predictions, points, inference_ms, heatmaps))
+        self._pub_heatmap.publish(heatmaps[0])
+        if s.publish_overlay and self._pub_overlay.get_subscription_count():
+            first = predictions[0]
+            overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
+            self._pub_overlay.publish(numpy_to_image(overlay, "bgr8", header))
+        if s.use_depth:
+            self._pub_markers.publish(marker_array(header, predictions, points))
+            if (best := best_point(points)) is not None:
+                self._pub_contact.publish(point_stamped(header, best))
+
+    # ------------------------------------------------------------------ timers
+    def _publish_diagnostics(self) -> None:
+        snap, s = self.stats.snapshot(), self.settings
+        problems = snap["rejected"] + snap["failed"]
+        level = DiagnosticStatus.WARN if problems > self._last_problems else DiagnosticStatus.OK
+        self._last_problems = problems
+        if self._worker is not None and not self._worker.is_alive():
+            level, message = DiagnosticStatus.ERROR, "inference worker stopped: see the node's log"
+        elif not s.prompts:
+            message = f"idle: no prompts (publish on {QUERY_TOPIC})"
+        elif snap["fps"] == 0:
+            message = "waiting for images"
+        else:
+            message = f"{snap['fps']:.1f} fps, latency p95 {snap['latency_p95_ms']:.0f} ms"
+        values = dict(
+            processed_fps=snap["fps"], latency_mean_ms=snap["latency_mean_ms"],
+            latency_p95_ms=snap["latency_p95_ms"], inference_mean_ms=snap["inference_mean_ms"],
+            frames_received=snap["received"], frames_processed=snap["processed"], frames_replaced=snap["replaced"],
+            frames_rejected=snap["rejected"], frames_failed=snap["failed"], frames_downscaled=snap["downscaled"],
+            frames_without_3d=snap["no_depth"], frames_idle=snap["idle"], frames_lost=snap["lost"],
+            device=str(self.grounder.device) if self.grounder else "-",
+            model_mode=self.grounder.mode if self.grounder else "-", clip_model=s.clip_model,
+            backend=getattr(self.grounder, "backend", s.backend),
+            prompts=join_prompts(s.prompts),
+            text_cache_entries=self.grounder.clip.text_cache_len if self.grounder else 0,
+            image_qos=", ".join(f"{t}: {_reliability_name(rel)}" for t, (_, rel, _, _) in self._sensor_subs.items()))
+        self._pub_diagnostics.publish(diagnostics_message(
+            self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: affordance grounding",
+            values["device"], level, message, values))
+
+    def _subscribe_sensor(self, topic: str, msg_type, callback, group, reliability=None) -> None:
+        """(Re)create a sensor subscription; image_qos decides the reliability unless given."""
+        if reliability is None:
+            reliability = (ReliabilityPolicy.RELIABLE if self.settings.image_qos == "reliable"
+                           else ReliabilityPolicy.BEST_EFFORT)  # best effort also matches reliable publishers
+        qos = RELIABLE_SENSOR_QOS if reliability == ReliabilityPolicy.RELIABLE else BEST_EFFORT_SENSOR_QOS
+        if topic in self._sensor_subs:
+            self.destroy_subscription(self._sensor_subs[topic][0])
+        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if topic == "image" else None
+        sub = self.create_subscription(msg_type, topic, callback, qos, callback_group=group, event_callbacks=events)
+        self._sensor_subs[topic] = (sub, reliability, msg_type, callback)
+
+    def _match_publisher_qos(self) -> None:
+        """image_qos=auto (as image_pipeline does): subscribe reliable when every publisher of the
+        topic is reliable (no loss to a best-effort reader), best effort otherwise."""
+        for topic, (sub, current, msg_type, callback) in list(self._sensor_subs.items()):
+            publishers = self.get_publishers_info_by_topic(sub.topic_name)
+            if not publishers:
+                continue
+            wanted = (ReliabilityPolicy.RELIABLE
+                      if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
+                      else ReliabilityPolicy.BEST_EFFORT)
+            if wanted != current:
+                self.get_logger().info(f"{sub.topic_name}: matching its publishers, subscribing "
+                                       f"{_reliability_name(wanted)}")
+                self._subscribe_sensor(topic, msg_type, callback, sub.callback_group, wanted)
+
+
+def _declare_parameters(node: Node) -> params.Settings:
+    try:
+        params.declare(node)
+    except ParameterException as e:
+        raise StartupError(f"invalid parameter: {e}") from e
+    settings = params.read_settings(node)
+    refused = params.validate([Parameter(name, value=value) for name, value in
+                               ((n, node.get_parameter(n).value) for n in params.SPECS)])
+    if not refused.successful:
+        raise StartupError(f"invalid parameter: {refused.reason}")
+    return settings
+
+
+_FIXES = {
+    "clip_pretrained": "pass a local weights file (-p clip_pretrained:=/path/open_clip_model.safetensors) or copy "
+                       "the file into the Hugging Face cache (README, 'CLIP weights'); 'none' gives random weights "
+                       "for tests only",
+    "fpn_checkpoint": "pass a checkpoint written by `affordance-clip train`, or leave fpn_checkpoint empty for the "
+                      "training-free head",
+    "clip_model": "use an open_clip ResNet CLIP such as RN101 (the paper's) or RN50",
+    "device": "use device:=auto or device:=cpu",
+}
+
+
+def _startup_message(error: Exception, s: params.Settings) -> str:
+    text = str(error)
+    if isinstance(error, (WeightsNotFoundError, WeightsLoadError)) or "pretrained" in text:
+        name = "clip_pretrained"
+    elif isinstance(error, CheckpointError) or (isinstance(error, FileNotFoundError) and s.fpn_checkpoint):
+        name = "fpn_checkpoint"
+    elif "CLIP model" in text:
+        name = "clip_model"
+    elif "device" in text or "CUDA" in text:
+        name = "device"
+    elif "backend" in text or "precision" in text:
+        return (f"cannot start: parameters precision='{s.precision}', backend='{s.backend}': {text}\n"
+                f"Fix: use precision:=auto and backend:=auto, or a pair the message allows.")
+    else:
+        return f"cannot start: {type(error).__name__}: {text}"
+    return f"cannot start: parameter {name}='{getattr(s, name)}': {text}\nFix: {_FIXES[name]}."
+
+
+def _reliability_name(reliability) -> str:
+    return "reliable" if reliability == ReliabilityPolicy.RELIABLE else "best effort"
+
+
+class _RosLogHandler(logging.Handler):
+    """Python ``logging`` records of this package (the model's warnings) -> the node's logger."""
+
+    def __init__(self, logger):
+        super().__init__(logging.INFO)
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self._logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self._logger.warning(message)
+        else:
+            self._logger.info(message)
+
+
+def _route_python_logging(logger) -> None:
+    """Python ``logging`` (the model's INFO and up, other libraries' WARNING and up) -> ``logger``."""
+    root = logging.getLogger()
+    root.handlers[:] = [_RosLogHandler(logger)]
+    logging.getLogger("affordance_clip_ros").setLevel(logging.INFO)
+
+
+def main(args: list[str] | None = None) -> NoReturn:
+    """The ``grounding_node`` executable: run the node, then end the process at once (see
+    :func:`_exit_now`). Use :func:`run` to run the node inside a longer-lived Python process."""
+    _exit_now(run(args))
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start."""
+    context = Context()
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.ALL)
+    logger = get_logger(NODE_NAME)
+    node = None
+    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    try:
+        node = GroundingNode(context=context)
+        logger = node.get_logger()
+        _route_python_logging(logger)
+        node.load_model()
+        executor.add_node(node)
+        node.start()
+        executor.spin()
+    except StartupError as e:
+        logger.error(str(e))
+        return 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return 0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Flush every output and end the process without the interpreter's finalisation.
+
+    By now the node, its DDS entities and the ROS context are shut down and the ROS log is
+    flushed; what is left is tearing down torch, ONNX Runtime and the DDS libraries, which takes
+    1 to 1.5 s on two cores and would make Ctrl-C / SIGTERM take that much longer.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers (RCUTILS_LOGGING_USE_STDOUT=1 writes there)
+    except (OSError, AttributeError):
+        pass
+    os._exit(code)

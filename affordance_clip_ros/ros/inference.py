@@ -1,0 +1,50 @@
+"""Running the grounder on frames of any size (pure: numpy, OpenCV, the model; no ROS).
+
+Frames larger than ``max_side`` pixels on their long side (an 8K camera) are downscaled for
+inference, which bounds the model's memory and time; the heatmaps are resized back to the
+frame's resolution and the peaks mapped to its pixels, so callers always get input-sized maps.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import cv2
+import numpy as np
+
+from ..model.grounder import AffordanceGrounder, AffordancePrediction
+from ..model.peaks import Peak
+
+MAX_INFERENCE_SIDE = 1920
+
+
+def predict_any_size(grounder: AffordanceGrounder, rgb: np.ndarray, prompts, max_side: int = MAX_INFERENCE_SIDE
+                     ) -> tuple[list[AffordancePrediction], bool]:
+    """(predictions at the frame's resolution, whether the frame was downscaled for inference)."""
+    height, width = rgb.shape[:2]
+    if max(height, width) <= max_side:
+        return grounder.predict(rgb, prompts), False
+    scale = max_side / max(height, width)
+    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA)
+    predictions = grounder.predict(small, prompts)
+    return [_to_size(p, height, width) for p in predictions], True
+
+
+def _to_size(prediction: AffordancePrediction, height: int, width: int) -> AffordancePrediction:
+    small_h, small_w = prediction.heatmap.shape
+    heatmap = cv2.resize(prediction.heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
+    np.clip(heatmap, 0.0, 1.0, out=heatmap)
+    sx, sy = width / small_w, height / small_h
+    peaks = [Peak(u=min(width - 1, int((p.u + 0.5) * sx)), v=min(height - 1, int((p.v + 0.5) * sy)), score=p.score)
+             for p in prediction.peaks]
+    return AffordancePrediction(prediction.prompt, heatmap, peaks)
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``): after a huge frame the
+    allocator would otherwise keep hundreds of MB of it resident. A no-op without glibc."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
