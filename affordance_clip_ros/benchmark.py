@@ -12,6 +12,7 @@ import logging
 import platform
 import resource
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,40 +21,64 @@ import skimage.data
 import torch
 
 from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, pixel_text_logits
-from .model.grounder import resolve_device
+from .model.grounder import _onnxruntime_available, make_pixel_embedder, resolve_device
+from .model.letterbox import letterbox_batch, unletterbox
 
 log = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
+# Figures every run writes (the README documents them). At 416, plus "<name>_<size>" for each size
+# of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add peak_gpu_mb and "<name>_fp32" figures.
+PER_SIZE_KEYS = ("backbone_ms", "head_ms", "image_path_ms", "full_ms_1_prompt", "full_ms_16_prompts",
+                 "predict_ms_1_prompt", "predict_ms_16_prompts")
+DOCUMENTED_KEYS = ("clip_model", "device", "machine", "threads", "backend", "image_path_build_s", *PER_SIZE_KEYS,
+                   "fps_model", "head_overhead_ratio", "prompt_scaling_16_vs_1", "peak_rss_mb")
+CPU_KEYS = ("default_backend", "naive_fp32_ms", "fast_path_ms", "cpu_speedup_vs_naive_fp32", "cpu_fast_path_corr",
+            "torch_fp32_ms", "torch_fp32_speedup_vs_naive_fp32", "torch_fp32_corr",
+            "ort_fp32_ms", "ort_fp32_speedup_vs_naive_fp32", "ort_fp32_corr")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``fn`` in milliseconds, synchronising CUDA around each call."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    return interleaved_medians({"fn": fn}, repeats, warmup, device)["fn"]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int,
+                        device: torch.device) -> dict[str, float]:
+    """Median ms of each function, timed round-robin (one call of each per round), so that a
+    burst of load on a shared machine slows every candidate alike and ratios stay comparable."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def build_grounder(clip_model: str, device: str, precision: str, input_size: int, levels: int = 3) -> AffordanceGrounder:
-    """A grounder in FPN mode with random CLIP and FPN weights."""
+def build_grounder(clip_model: str, device: str, precision: str, input_size: int, levels: int = 3,
+                   backend: str = "auto") -> AffordanceGrounder:
+    """A grounder in FPN mode with random CLIP and FPN weights. Its image path is built on first
+    use (or by ``prepare()``), so weights loaded before that are the ones exported."""
     config = GrounderConfig(clip_model=clip_model, clip_pretrained="none", device=device, precision=precision,
-                            input_size=input_size)
+                            input_size=input_size, backend=backend)
     clip = FrozenCLIP.create(clip_model, "none", resolve_device(device))
     torch.manual_seed(0)
     fpn = AffordanceFPN(FPNConfig(clip.feature_channels, clip.embed_dim, levels=levels)).to(clip.device)
     return AffordanceGrounder(clip, fpn, config)
 
 
-def naive_forward(clip_model: str, grounder: AffordanceGrounder) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def naive_forward(clip_model: str, grounder: AffordanceGrounder
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The same model run the plain way: unfolded BatchNorm, contiguous tensors, fp32, no autocast."""
     import open_clip
 
@@ -97,7 +122,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats: int, warmup: int) -> dict:
+def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats: int, warmup: int,
+                  backend: str = "auto", int8: bool = True) -> dict:
     """All figures of the benchmark as a flat dict."""
     dev = resolve_device(device)
     image = skimage.data.coffee()
@@ -106,66 +132,135 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
                      "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
                      or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats}
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(dev)
-    precisions = ("fp32", "fp16") if dev.type == "cuda" else ("auto",)
+    reused = {}
+    if dev.type == "cpu":
+        fast, grounder416 = cpu_fast_path(clip_model, device, repeats, warmup, backend, int8=int8)
+        results.update(fast)
+        reused[416] = grounder416
+    precisions = ("fp16", "fp32") if dev.type == "cuda" else ("auto",)
     for precision in precisions:
         suffix = "" if precision in ("auto", "fp16") else f"_{precision}"
         for size in sizes:
-            grounder = build_grounder(clip_model, device, precision, size)
-            pixels = torch.randn(1, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
-            text1 = grounder.text_embeddings(["cut with"])
-            grounder.text_embeddings(prompts16)  # cache the text
-            with torch.inference_mode(), grounder._autocast():
-                features = grounder.clip.image_features(pixels)
-                backbone = median_ms(lambda: grounder.clip.image_features(pixels), repeats, warmup, dev)
-                head = median_ms(lambda: pixel_text_logits(grounder.fpn(features), text1), repeats, warmup, dev)
-            full1 = median_ms(lambda: grounder.heatmap_tensors([image], ["cut with"]), repeats, warmup, dev)
-            full16 = median_ms(lambda: grounder.heatmap_tensors([image], prompts16), repeats, warmup, dev)
-            results[f"backbone_ms{suffix}_{size}"] = backbone
-            results[f"head_ms{suffix}_{size}"] = head
-            results[f"full_ms_1_prompt{suffix}_{size}"] = full1
-            results[f"full_ms_16_prompts{suffix}_{size}"] = full16
+            grounder = reused.pop(size, None) or build_grounder(clip_model, device, precision, size, backend=backend)
+            start = time.perf_counter()
+            if grounder._embedder is None:
+                grounder.prepare()
+            build_s = time.perf_counter() - start
+            figures = time_grounder(grounder, image, prompts16, repeats, warmup)
+            results[f"backend{suffix}"] = describe_backend(grounder)
+            for name, value in figures.items():
+                results[f"{name}{suffix}_{size}"] = value
             if size == 416:
-                results[f"backbone_ms{suffix}"] = backbone
-                results[f"full_ms_1_prompt{suffix}"] = full1
-                results[f"full_ms_16_prompts{suffix}"] = full16
-                results[f"fps_model{suffix}"] = 1e3 / (backbone + head)
+                for name in PER_SIZE_KEYS:
+                    results[f"{name}{suffix}"] = figures[name]
+                results[f"fps_model{suffix}"] = 1e3 / figures["image_path_ms"]
+                results.setdefault(f"image_path_build_s{suffix}", build_s)
                 if not suffix:
-                    results["head_overhead_ratio"] = head / backbone
-                    results["prompt_scaling_16_vs_1"] = full16 / full1
-    if dev.type == "cpu":
-        results.update(cpu_fast_path(clip_model, device, repeats, warmup))
+                    results["head_overhead_ratio"] = figures["head_ms"] / figures["backbone_ms"]
+                    results["prompt_scaling_16_vs_1"] = figures["full_ms_16_prompts"] / figures["full_ms_1_prompt"]
+            del grounder
     results["peak_rss_mb"] = peak_rss_mb()
     if dev.type == "cuda":
         results["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return results
 
 
-def cpu_fast_path(clip_model: str, device: str, repeats: int, warmup: int) -> dict:
-    """Default CPU path vs the naive fp32 contiguous forward of the same weights: speed and fidelity."""
-    grounder = build_grounder(clip_model, device, "auto", 416)
-    naive = naive_forward(clip_model, grounder)
+def time_grounder(grounder: AffordanceGrounder, image: np.ndarray, prompts16: list[str], repeats: int,
+                  warmup: int) -> dict:
+    """backbone_ms / head_ms: the torch trunk and torch FPN + dot-product head, apart (what the
+    head costs next to the trunk); image_path_ms: trunk + FPN + head by the configured backend;
+    full_ms_*: image to probability maps on the device; predict_ms_*: plus host copy and peaks."""
+    size = grounder.config.input_size
+    pixels = torch.randn(1, 3, size, size, device=grounder.device).contiguous(memory_format=torch.channels_last)
+    text1 = grounder.text_embeddings(["cut with"])
+    grounder.text_embeddings(prompts16)  # cached, as in the node
+    with torch.inference_mode(), grounder._autocast():
+        features = grounder.clip.image_features(pixels)
+        model = interleaved_medians({
+            "backbone_ms": lambda: grounder.clip.image_features(pixels),
+            "head_ms": lambda: pixel_text_logits(grounder.fpn(features), text1),
+            "image_path_ms": lambda: pixel_text_logits(grounder.pixel_embeddings(pixels), text1),
+        }, repeats, warmup, grounder.device)
+    full = interleaved_medians({
+        "full_ms_1_prompt": lambda: grounder.heatmap_tensors([image], ["cut with"]),
+        "full_ms_16_prompts": lambda: grounder.heatmap_tensors([image], prompts16),
+        "predict_ms_1_prompt": lambda: grounder.predict(image, ["cut with"]),
+        "predict_ms_16_prompts": lambda: grounder.predict(image, prompts16),
+    }, repeats, warmup, grounder.device)
+    return {**model, **full}
+
+
+def describe_backend(grounder: AffordanceGrounder) -> str:
+    """'torch-fp32', 'torch-fp16', 'onnxruntime-int8', ... : what actually runs the image path."""
+    embedder = grounder._embedder
+    precision = getattr(embedder, "precision", None)
+    if precision is None:
+        precision = str(grounder.dtype).replace("torch.float", "fp").replace("torch.bfloat", "bf") \
+            if grounder.dtype is not None else "fp32"
+    return f"{grounder.backend}-{precision}"
+
+
+def cpu_fast_path(clip_model: str, device: str, repeats: int, warmup: int, backend: str = "auto",
+                  int8: bool = True) -> tuple[dict, AffordanceGrounder]:
+    """The default CPU image path, and each optimisation alone, vs the naive fp32 contiguous torch
+    forward of the same weights at 416: speed (timed round-robin in one run) and heatmap fidelity
+    (min Pearson over photos x prompts of the probability maps). Also returns the grounder."""
+    grounder = build_grounder(clip_model, device, "auto", 416, backend=backend)
+    naive = naive_forward(clip_model, grounder)  # also loads its weights into the grounder
+    start = time.perf_counter()
+    grounder.prepare()
+    build_s = time.perf_counter() - start
+    candidates: dict[str, Callable] = {"default": grounder.pixel_embeddings,
+                                       "torch_fp32": grounder.torch_pixel_embeddings}
+    if _onnxruntime_available():
+        from .model.onnx_backend import ImagePath, build_ort_image_path
+
+        path = ImagePath(grounder.clip, grounder.fpn)
+        candidates["ort_fp32"] = build_ort_image_path(path, 416, "fp32", None, cacheable=False)
+        if int8:  # opt-in precision: quantised here with the grounder's own fidelity gate, timed alike
+            start = time.perf_counter()
+            candidates["ort_int8"] = make_pixel_embedder(AffordanceGrounder(
+                grounder.clip, grounder.fpn, replace(grounder.config, backend="onnxruntime", precision="int8")))
+            int8_build_s = time.perf_counter() - start
     text = grounder.text_embeddings(["cut with"])
     pixels = torch.randn(1, 3, 416, 416)
+    fns = {"naive_fp32": lambda: naive(pixels, text)}
+    for name, embed in candidates.items():
+        fns[name] = lambda embed=embed: pixel_text_logits(embed(pixels), text)
+    with torch.inference_mode():
+        times = interleaved_medians(fns, repeats, warmup, grounder.device)
+    results = {"default_backend": describe_backend(grounder), "image_path_build_s": build_s,
+               "naive_fp32_ms": times["naive_fp32"], "fast_path_ms": times["default"],
+               "cpu_speedup_vs_naive_fp32": times["naive_fp32"] / times["default"],
+               "cpu_fast_path_corr": fidelity(grounder, naive, grounder.pixel_embeddings)}
+    if "ort_int8" in candidates:
+        results["ort_int8_build_s"] = int8_build_s
+        results["ort_int8_kept"] = candidates["ort_int8"].precision == "int8"  # False: refused by its fidelity gate
+    for name in candidates:
+        if name != "default":
+            results[f"{name}_ms"] = times[name]
+            results[f"{name}_speedup_vs_naive_fp32"] = times["naive_fp32"] / times[name]
+            results[f"{name}_corr"] = fidelity(grounder, naive, candidates[name])
+    return results, grounder
 
-    @torch.inference_mode()
-    def fast():
-        with grounder._autocast():
-            return pixel_text_logits(grounder.pixel_embeddings(pixels), text)
-    naive_ms = median_ms(lambda: naive(pixels, text), repeats, warmup, grounder.device)
-    fast_ms = median_ms(fast, repeats, warmup, grounder.device)
-    correlations = []
-    from .model.letterbox import letterbox_batch
+
+FIDELITY_PROMPTS = ("hold", "cut with", "drink with", "pour")
+
+
+@torch.inference_mode()
+def fidelity(grounder: AffordanceGrounder, naive: Callable, embed: Callable) -> float:
+    """Min Pearson correlation, over the scikit-image photos and a few prompts, between the
+    probability maps (image resolution) of ``embed`` and of the naive fp32 forward."""
+    text = grounder.text_embeddings(FIDELITY_PROMPTS)
+    worst = 1.0
     for name in PHOTOS:
-        photo_pixels, _ = letterbox_batch([torch.from_numpy(getattr(skimage.data, name)())], 416)
-        with torch.inference_mode():
-            a = naive(photo_pixels, text).float().flatten().numpy()
-            with grounder._autocast():
-                b = pixel_text_logits(grounder.pixel_embeddings(photo_pixels), text).float().flatten().numpy()
-        correlations.append(float(np.corrcoef(a, b)[0, 1]))
-    return {"naive_fp32_ms": naive_ms, "fast_path_ms": fast_ms, "cpu_speedup_vs_naive_fp32": naive_ms / fast_ms,
-            "cpu_fast_path_corr": min(correlations)}
+        pixels, [box] = letterbox_batch([torch.from_numpy(getattr(skimage.data, name)())], 416)
+        reference = grounder._probabilities(unletterbox(naive(pixels, text)[0], box))
+        candidate = grounder._probabilities(unletterbox(pixel_text_logits(embed(pixels), text)[0], box))
+        for a, b in zip(reference.flatten(1).numpy(), candidate.flatten(1).numpy()):
+            worst = min(worst, float(np.corrcoef(a, b)[0, 1]))
+    return worst
 
 
 def print_table(results: dict) -> None:
@@ -178,7 +273,8 @@ def print_table(results: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     sizes = (416,) if args.short else tuple(args.sizes)
     clip_model = "RN-tiny" if args.short and args.clip_model == "RN101" else args.clip_model
-    results = run_benchmark(clip_model, args.device, sizes, args.repeats, args.warmup)
+    results = run_benchmark(clip_model, args.device, sizes, args.repeats, args.warmup, args.backend,
+                            int8=not args.short)
     print_table(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -187,12 +283,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("benchmark", help="model speed and memory figures")
+    parser = subparsers.add_parser(
+        "benchmark", help="model speed and memory figures",
+        description="Time the image path, the head, whole-image inference for 1 and 16 prompts and, on CPU, the "
+                    "default path against a naive fp32 torch forward (speed and heatmap correlation). Random "
+                    "weights; ratios come from one run, timed round-robin.")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="image-path backend of the grounders timed (default: what the grounder picks)")
     parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640], help="model input sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
-    parser.add_argument("--short", action="store_true", help="CI mode: RN-tiny at 416 only, same keys")
+    parser.add_argument("--short", action="store_true",
+                        help="CI mode: RN-tiny at 416 only, the documented keys (no int8 figures)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.set_defaults(func=run)

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "affordance_clip_ros.training.command",
     "affordance_clip_ros.evaluation.command",
     "affordance_clip_ros.benchmark",
+    "affordance_clip_ros.export",
 )
 log = logging.getLogger("affordance_clip_ros")
 

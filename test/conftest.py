@@ -7,7 +7,9 @@ import skimage.data
 
 from affordance_clip_ros.model import AffordanceGrounder, FrozenCLIP, GrounderConfig
 
-TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu")
+# backend "torch": tests of torch internals (hooks on CLIP layers) need the torch image path; the
+# default CPU backend (onnxruntime) is covered by test_onnx_backend.py and the CLI tests.
+TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -138,10 +138,15 @@ def test_sim_is_symmetric(a, b):
 @settings(max_examples=40, deadline=None)
 @given(maps, maps, st.floats(0.1, 1e3), st.floats(-10, 10))
 def test_scores_do_not_change_when_the_prediction_is_scaled_or_shifted(pred, gt, scale, shift):
-    base = score_map(pred.astype(np.float32), gt)
-    moved = score_map(pred.astype(np.float32) * np.float32(scale) + np.float32(shift), gt)
-    for name in ("kld", "sim"):
-        assert moved[name] == pytest.approx(base[name], rel=1e-4, abs=1e-4)
+    pred = pred.astype(np.float32)
+    moved_pred = pred * np.float32(scale) + np.float32(shift)
+    np.testing.assert_allclose(prepare_prediction(moved_pred), prepare_prediction(pred), atol=1e-5)
+    base, moved = score_map(pred, gt), score_map(moved_pred, gt)
+    assert moved["sim"] == pytest.approx(base["sim"], rel=1e-4, abs=1e-4)
+    # KLD divides by p + 1e-12: where the normalised prediction is 0 up to float32 rounding
+    # (1e-7 after min-max), each such pixel's term moves by up to g * ln(10^5); the reference
+    # has the same sensitivity, so only a looser absolute agreement is a property of the metric.
+    assert moved["kld"] == pytest.approx(base["kld"], rel=1e-4, abs=2e-3)
     if math.isnan(base["nss"]):
         assert math.isnan(moved["nss"])
     else:

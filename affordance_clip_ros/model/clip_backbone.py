@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -107,15 +108,20 @@ class FrozenCLIP(nn.Module):
 
     def _positional_embedding(self, height: int, width: int) -> torch.Tensor:
         """The attention pool's positional embedding, bicubically resized to a height x width grid."""
-        key = (height, width)
+        if torch.jit.is_tracing():  # ONNX export: the sizes are graph values, so resize inside the graph
+            return self._resize_positional_embedding(height, width)
+        key = (int(height), int(width))
         if key not in self._pos_embed_cache:
-            pos = self.model.visual.attnpool.positional_embedding
-            side = int(round((pos.shape[0] - 1) ** 0.5))
-            grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-            if (side, side) != key:
-                grid = F.interpolate(grid.float(), size=key, mode="bicubic", align_corners=False).to(pos.dtype)
-            self._pos_embed_cache[key] = torch.cat([pos[:1], grid.flatten(2).squeeze(0).T], dim=0)
+            self._pos_embed_cache[key] = self._resize_positional_embedding(*key)
         return self._pos_embed_cache[key]
+
+    def _resize_positional_embedding(self, height, width) -> torch.Tensor:
+        pos = self.model.visual.attnpool.positional_embedding
+        side = math.isqrt(int(pos.shape[0]) - 1)
+        grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        if torch.jit.is_tracing() or (side, side) != (height, width):
+            grid = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False).to(pos.dtype)
+        return torch.cat([pos[:1], grid.flatten(2).squeeze(0).T], dim=0)
 
     def attention_pool(self, f3: torch.Tensor) -> torch.Tensor:
         """CLIP's attention pooling of layer4 (B, C3, h, w) -> global embedding (B, C), any grid size."""

@@ -1,6 +1,7 @@
 """Letterboxing an image into the square model input and mapping maps back to the image."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -56,15 +57,37 @@ def letterbox_batch(images: list[torch.Tensor], size: int) -> tuple[torch.Tensor
 
 
 def unletterbox(maps: torch.Tensor, box: Letterbox) -> torch.Tensor:
-    """Maps (N, h, w) over the whole model input -> (N, H, W) over the original image.
+    """Maps (N, h, w) over the whole model input -> (N, H, W) float32 over the original image.
 
-    The maps are upsampled to the model input, the padding is cropped, and the image region is
-    resized to the original size, so pixel (u, v) of the result is pixel (u, v) of the image.
+    Pixel (u, v) of the result is pixel (u, v) of the image: each output pixel is sampled
+    bilinearly (half-pixel centres, edges clamped) at its place in the coarse grid, i.e. the crop
+    of the padding and the resize to H x W happen in one step, as two small matrix products. The
+    cost per prompt is one H x W write, whatever the model input size.
     """
-    full = F.interpolate(maps[None].float(), size=(box.size, box.size), mode="bilinear", align_corners=False)
+    n, h, w = maps.shape
+    rows_matrix, cols_matrix = _resampling_matrices(box, h, w, maps.device)
+    return rows_matrix @ maps.float() @ cols_matrix
+
+
+@functools.lru_cache(maxsize=16)
+def _resampling_matrices(box: Letterbox, h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, h) and (w, W) bilinear interpolation matrices from the coarse grid to the image."""
     rows, cols = box.inner
     top, left = box.offset
-    inner = full[:, :, top:top + rows, left:left + cols]
-    if (rows, cols) != (box.height, box.width):
-        inner = F.interpolate(inner, size=(box.height, box.width), mode="bilinear", align_corners=False)
-    return inner[0]
+    return (_axis_matrix(box.height, rows, top, h, box.size, device),
+            _axis_matrix(box.width, cols, left, w, box.size, device).T.contiguous())
+
+
+def _axis_matrix(out: int, inner: int, offset: int, coarse: int, size: int, device: torch.device) -> torch.Tensor:
+    """(out, coarse) weights: output index i lies at model-input coordinate offset + (i + 0.5) *
+    inner / out, i.e. at coarse coordinate that * coarse / size - 0.5 (half-pixel centres)."""
+    centres = offset + (torch.arange(out, dtype=torch.float64) + 0.5) * inner / out
+    position = (centres * coarse / size - 0.5).clamp(0, coarse - 1)
+    low = position.floor().long()
+    high = (low + 1).clamp(max=coarse - 1)
+    frac = position - low
+    matrix = torch.zeros(out, coarse, dtype=torch.float64)
+    index = torch.arange(out)
+    matrix.index_put_((index, low), 1 - frac, accumulate=True)
+    matrix.index_put_((index, high), frac, accumulate=True)
+    return matrix.float().to(device)

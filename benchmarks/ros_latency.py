@@ -1,0 +1,150 @@
+"""End-to-end latency of the grounding node through DDS: image publish -> ``~/result`` receipt.
+
+Not part of CI. After ``make build``::
+
+    bash scripts/with_ros.sh .venv/bin/python benchmarks/ros_latency.py --json ros_latency.json
+    bash scripts/with_ros.sh .venv/bin/python benchmarks/ros_latency.py --clip-model RN-tiny --frames 5  # quick
+
+The installed ``grounding_node`` runs in its own process (random CLIP weights, one prompt,
+Fast DDS profile as the launch file sets it); this process publishes one frame at a time
+(rgb8, reliable) and waits for the ``~/result`` carrying that frame's stamp, so no frame queues
+behind another. Per resolution (640x480, 1280x720) it reports:
+
+* ``e2e_ms``: publish -> result received (median), and ``model_ms``: the node's own
+  ``inference_ms`` of the same frames (grounder.predict: model, maps, host copy, peaks);
+  ``ros_overhead_ratio`` = e2e / model.
+* Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
+  (sensor_msgs/Image -> RGB array), ``messages_ms`` (heatmap Image + AffordanceResult),
+  ``overlay_ms`` (colour map, blend, peaks; published because someone subscribes to ~/overlay),
+  ``serialize_ms`` (CDR of the input image, the result and the overlay), ``deserialize_ms``
+  (of the input image), and message sizes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import skimage.data
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
+from affordance_clip_ros.msg import AffordanceResult
+from affordance_clip_ros.ros import harness
+from affordance_clip_ros.ros.conversions import numpy_to_image, rgb_from_image
+from affordance_clip_ros.ros.inference import predict_any_size
+from affordance_clip_ros.ros.messages import heatmap_image, result_message
+from affordance_clip_ros.visualization import draw_overlay
+
+RESOLUTIONS = ((640, 480), (1280, 720))
+PROMPT = "drink with"
+
+
+def median_ms(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def frame(width: int, height: int) -> np.ndarray:
+    return cv2.resize(skimage.data.coffee(), (width, height), interpolation=cv2.INTER_AREA)
+
+
+def in_process_costs(grounder: AffordanceGrounder, rgb: np.ndarray, repeats: int) -> dict:
+    """What the node does around the model for one frame, timed piece by piece."""
+    header = Header(frame_id="camera")
+    msg = numpy_to_image(rgb, "rgb8", header)
+    [pred], _ = predict_any_size(grounder, rgb, [PROMPT])
+    heatmaps = [heatmap_image(pred.heatmap, header)]
+    result = result_message(header, [pred], [None], 0.0, heatmaps)
+    overlay = numpy_to_image(draw_overlay(rgb, pred.heatmap, pred.peaks, 0.5, pred.prompt), "bgr8", header)
+    raw = serialize_message(msg)
+    return {
+        "model_in_process_ms": median_ms(lambda: predict_any_size(grounder, rgb, [PROMPT]), repeats),
+        "convert_ms": median_ms(lambda: rgb_from_image(msg), repeats),
+        "messages_ms": median_ms(lambda: result_message(header, [pred], [None], 0.0,
+                                                        [heatmap_image(pred.heatmap, header)]), repeats),
+        "overlay_ms": median_ms(lambda: numpy_to_image(draw_overlay(rgb, pred.heatmap, pred.peaks, 0.5, pred.prompt),
+                                                       "bgr8", header), repeats),
+        "serialize_ms": median_ms(lambda: (serialize_message(msg), serialize_message(result),
+                                           serialize_message(overlay)), repeats),
+        "deserialize_ms": median_ms(lambda: deserialize_message(raw, Image), repeats),
+        "image_mb": len(raw) / 2**20,
+        "result_mb": len(serialize_message(result)) / 2**20,
+        "overlay_mb": len(serialize_message(overlay)) / 2**20,
+    }
+
+
+def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, timeout: float) -> dict:
+    """Publish one frame, wait for its result; ``frames`` times after a warm-up."""
+    if not client.stream_until(lambda: len(client.results) >= 2, rgb, timeout=timeout):
+        raise TimeoutError("the node never answered at this resolution")
+    e2e, model = [], []
+    for _ in range(frames):
+        time.sleep(0.2)  # let the previous frame's outputs drain
+        header = client.header()
+        start = time.perf_counter()
+        client.publish_image(rgb, header)
+        result: AffordanceResult | None = client.wait_for(
+            lambda: next((r for r in client.results if r.header.stamp == header.stamp), None), timeout)
+        if result is None:
+            raise TimeoutError("no result for a published frame")
+        e2e.append((time.perf_counter() - start) * 1e3)
+        model.append(float(result.inference_ms))
+    e2e_ms, model_ms = statistics.median(e2e), statistics.median(model)
+    return {"e2e_ms": e2e_ms, "e2e_max_ms": max(e2e), "model_ms": model_ms, "ros_overhead_ratio": e2e_ms / model_ms}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
+    parser.add_argument("--backend", default="auto", help="grounder backend (auto, torch, onnxruntime)")
+    parser.add_argument("--frames", type=int, default=10, help="timed frames per resolution (median reported)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for start-up / a result")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    harness.use_fastdds_profile_here()  # the launch file gives the node the same profile
+    params = {"clip_model": args.clip_model, "clip_pretrained": "none", "device": "cpu", "backend": args.backend,
+              "prompts": PROMPT, "image_qos": "reliable", "publish_overlay": True}
+    grounder = AffordanceGrounder.from_config(GrounderConfig(clip_model=args.clip_model, clip_pretrained="none",
+                                                             device="cpu", backend=args.backend))
+    results: dict = {"clip_model": args.clip_model, "backend": args.backend, "frames": args.frames,
+                     "rmw": os.environ.get("RMW_IMPLEMENTATION", ""), "grounder_backend": grounder.backend}
+    domain = harness.free_domain_id(salt=11)
+    ns = f"/latency{os.getpid()}"
+    remaps = {"image": f"{ns}/camera/image", "/affordance/query": f"{ns}/affordance/query"}
+    start = time.monotonic()
+    with harness.NodeProcess(params, namespace=ns, remappings=remaps, env=harness.ros_env(domain)) as node, \
+            harness.GroundingClient(ns, domain) as client:
+        if not node.wait_for_log("ready", args.timeout):
+            raise SystemExit(f"node not ready after {args.timeout} s; its log:\n{node.log()}")
+        results["node_startup_s"] = time.monotonic() - start
+        for width, height in RESOLUTIONS:
+            rgb = frame(width, height)
+            figures = node_latency(client, rgb, args.frames, args.timeout)
+            figures.update(in_process_costs(grounder, rgb, max(3, args.frames // 2)))
+            for name, value in figures.items():
+                results[f"{name}_{width}x{height}"] = value
+        results["node_rss_mb"] = node.rss_kb() / 1024
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The ONNX Runtime backend of the image path: same heatmaps as torch, any size, cache, int8 gate."""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
+from affordance_clip_ros.model import onnx_backend
+from affordance_clip_ros.model.grounder import resolve_backend
+from affordance_clip_ros.model.onnx_backend import ImagePath, OrtImagePath, build_ort_image_path
+
+from conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def torch_grounder() -> AffordanceGrounder:
+    return AffordanceGrounder.from_config(GrounderConfig(**dict(TINY, backend="torch")))
+
+
+def same_weights(grounder: AffordanceGrounder, **changes) -> AffordanceGrounder:
+    """Another grounder on the same CLIP (random weights differ per build) with other settings."""
+    return AffordanceGrounder(grounder.clip, grounder.fpn, replace(grounder.config, **changes)).prepare()
+
+
+def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere():
+    assert resolve_backend("auto", "auto", torch.device("cpu")) == "onnxruntime"
+    assert resolve_backend("auto", "auto", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="CPU only"):
+        resolve_backend("onnxruntime", "auto", torch.device("cuda"))
+    with pytest.raises(ValueError, match="needs backend 'onnxruntime'"):
+        resolve_backend("torch", "int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="precision auto, fp32 or int8"):
+        resolve_backend("onnxruntime", "fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        GrounderConfig(**dict(TINY, backend="tensorrt"))
+
+
+def test_default_cpu_backend_heatmaps_match_torch_through_predict(torch_grounder, coffee):
+    """auto on CPU: ONNX Runtime, int8 if it passes its fidelity gate (random tiny weights may not)."""
+    default = same_weights(torch_grounder, backend="auto", precision="auto")
+    assert default.backend == "onnxruntime" and default._embedder.precision in ("int8", "fp32")
+    prompts = ["drink with", "hold", "cut with"]
+    for ours, reference in zip(default.predict(coffee, prompts), torch_grounder.predict(coffee, prompts)):
+        assert ours.heatmap.shape == reference.heatmap.shape == coffee.shape[:2]
+        assert np.corrcoef(ours.heatmap.ravel(), reference.heatmap.ravel())[0, 1] >= 0.99
+
+
+def test_onnxruntime_fp32_heatmaps_equal_torch_through_predict(torch_grounder, coffee):
+    ort_grounder = same_weights(torch_grounder, backend="onnxruntime", precision="fp32")
+    assert isinstance(ort_grounder._embedder, OrtImagePath) and ort_grounder._embedder.precision == "fp32"
+    prompts = ["drink with", "hold"]
+    for ours, reference in zip(ort_grounder.predict(coffee, prompts), torch_grounder.predict(coffee, prompts)):
+        assert ours.heatmap.shape == reference.heatmap.shape == coffee.shape[:2]
+        assert np.corrcoef(ours.heatmap.ravel(), reference.heatmap.ravel())[0, 1] >= 0.99
+        assert np.abs(ours.heatmap - reference.heatmap).max() < 1e-3
+    # Batched scoring, one prompt per image, takes the same path.
+    [a, b] = ort_grounder.heatmaps([coffee, coffee[:, ::-1].copy()], ["hold", "pour"])
+    assert a.shape == b.shape == coffee.shape[:2]
+    np.testing.assert_allclose(a, ort_grounder.predict(coffee, ["hold"])[0].heatmap, atol=1e-4)
+
+
+def test_graph_takes_other_sizes_and_batches(torch_grounder):
+    ort_grounder = same_weights(torch_grounder, backend="onnxruntime", precision="fp32", input_size=160)
+    with torch.inference_mode():
+        for shape in [(1, 3, 416, 416), (2, 3, 96, 256)]:
+            pixels = torch.randn(shape)
+            torch.testing.assert_close(ort_grounder.pixel_embeddings(pixels),
+                                       torch_grounder.torch_pixel_embeddings(pixels), rtol=1e-3, atol=1e-4)
+
+
+def test_engine_cache_is_keyed_by_the_weights(torch_grounder, tmp_path):
+    path = ImagePath(torch_grounder.clip, torch_grounder.fpn)
+    first = build_ort_image_path(path, 128, "fp32", tmp_path, cacheable=True)
+    [cached] = list(tmp_path.glob("*.fp32.onnx"))
+    with mock.patch.object(onnx_backend, "export_onnx", side_effect=AssertionError("re-exported")):
+        again = build_ort_image_path(path, 128, "fp32", tmp_path, cacheable=True)
+    pixels = torch.randn(1, 3, 128, 128)
+    torch.testing.assert_close(first(pixels), again(pixels))
+    other = AffordanceGrounder.from_config(GrounderConfig(**dict(TINY, backend="torch")))  # new random weights
+    build_ort_image_path(ImagePath(other.clip, other.fpn), 128, "fp32", tmp_path, cacheable=True)
+    assert len(list(tmp_path.glob("*.fp32.onnx"))) == 2 and cached.exists()
+    build_ort_image_path(path, 128, "fp32", tmp_path / "none", cacheable=False)
+    assert not (tmp_path / "none").exists(), "random weights (cacheable False) are never cached"
+
+
+def test_int8_quantises_layers_1_to_3_and_keeps_stem_layer4_fpn_in_fp32(tiny_clip):
+    import io
+
+    import onnx
+
+    from affordance_clip_ros.model import AffordanceFPN, FPNConfig
+
+    fpn = AffordanceFPN(FPNConfig(tiny_clip.feature_channels, tiny_clip.embed_dim, width=16)).eval()
+    buffer = io.BytesIO()
+    onnx_backend.export_onnx(ImagePath(tiny_clip, fpn), buffer, input_size=96)
+    model = onnx.load_from_string(onnx_backend.quantize_int8(buffer.getvalue(), [torch.randn(1, 3, 96, 96)]))
+    produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    quantised = {n.name for n in convs if produced_by.get(n.input[1]) == "DequantizeLinear"}
+    assert quantised and all(name.startswith(("/layer1/", "/layer2/", "/layer3/")) for name in quantised)
+    kept = {n.name for n in convs} - quantised
+    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv"} <= kept  # the stem
+    assert any(name.startswith("/fpn/") for name in kept) and any(name.startswith("/layer4/") for name in kept)
+
+
+def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
+    path = ImagePath(torch_grounder.clip, torch_grounder.fpn)
+    with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", -1.0):
+        kept = build_ort_image_path(path, 96, "int8", None, cacheable=False)
+    assert kept.precision == "int8" and kept(torch.randn(1, 3, 96, 96)).shape == (1, 64, 3, 3)
+    caplog.set_level(logging.WARNING)
+    with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", 1.01):
+        refused = build_ort_image_path(path, 96, "int8", None, cacheable=False)
+    assert refused.precision == "fp32" and "using ONNX Runtime fp32 instead" in caplog.text
