@@ -15,7 +15,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .model import AffordanceGrounder, GrounderConfig

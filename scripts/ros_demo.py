@@ -35,10 +35,6 @@ from affordance_clip_ros.ros import harness
 from affordance_clip_ros.ros.conversions import image_to_numpy
 from affordance_clip_ros.ros.frames import stamp_ns
 
-# Middlebury 2014 "Motorcycle", at the 1/4 scale scikit-image ships.
-F, CX, CY = 3979.911 / 4, 1244.772 / 4, 1019.507 / 4
-BASELINE_M, DOFFS = 0.193001, 124.343 / 4
-
 BANNER = """
 #############################################################################################
 #  No OpenAI CLIP {model} weights in the local cache: the demo runs CLIP with RANDOM weights  #
@@ -48,18 +44,6 @@ BANNER = """
 #  (README, "CLIP weights").                                                                #
 #############################################################################################
 """
-
-
-def motorcycle_rgbd():
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        depth = (BASELINE_M * F / (disparity + DOFFS)).astype(np.float32)
-    depth[~np.isfinite(disparity) | (depth <= 0)] = np.nan  # unknown disparity: no depth
-    info = CameraInfo(width=left.shape[1], height=left.shape[0], distortion_model="plumb_bob")
-    info.k = [F, 0.0, CX, 0.0, F, CY, 0.0, 0.0, 1.0]
-    info.p = [F, 0.0, CX, 0.0, 0.0, F, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    return left, depth, info
 
 
 def run_scene(client, name: str, rgb: np.ndarray, prompts: str, frames: int, out: Path, timeout: float,
@@ -140,7 +124,7 @@ def main() -> int:
             print(f"the node did not start; its log ({out / 'node.log'}):\n{node.log()}", file=sys.stderr)
             return 1
         print(f"node ready after {time.monotonic() - start:.0f} s")
-        left, depth, info = motorcycle_rgbd()
+        left, depth, info = harness.motorcycle_rgbd()
         scenes = {
             "coffee": run_scene(client, "coffee", skimage.data.coffee(), "drink with; hold", args.frames, out,
                                 args.timeout),

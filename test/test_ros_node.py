@@ -20,7 +20,6 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_r
 
 import skimage.data  # noqa: E402
 from rclpy.qos import ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from affordance_clip_ros.ros import harness  # noqa: E402
@@ -33,9 +32,7 @@ if not harness.installed_executable().is_file():
 harness.use_fastdds_profile_here()
 
 TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu"}
-# Middlebury 2014 "Motorcycle" at the 1/4 scale of skimage.data.stereo_motorcycle().
-F, CX, CY = 3979.911 / 4, 1244.772 / 4, 1019.507 / 4
-BASELINE_MM, DOFFS = 193.001, 124.343 / 4
+F, CX, CY = harness.MOTORCYCLE_F, harness.MOTORCYCLE_CX, harness.MOTORCYCLE_CY
 DEPTH_WINDOW = 5
 
 
@@ -128,18 +125,13 @@ def test_result_heatmap_overlay_carry_the_input_header(grounding, coffee):
 
 
 def motorcycle_rgbd(encoding: str):
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        depth = (BASELINE_MM * F / (disparity + DOFFS) / 1000.0).astype(np.float32)
-    depth[~np.isfinite(disparity) | ~np.isfinite(depth) | (depth <= 0)] = np.nan
+    """The Motorcycle frame with its depth sent as 16UC1 (mm) or 32FC1 (m), and the metres the node should read."""
+    left, depth, info = harness.motorcycle_rgbd()
     if encoding == "16UC1":
         sent = np.nan_to_num(depth * 1000.0, nan=0.0).round().astype(np.uint16)
         metres = np.where(sent > 0, sent / 1000.0, np.nan)
     else:
         sent, metres = depth, depth
-    info = CameraInfo(width=left.shape[1], height=left.shape[0], distortion_model="plumb_bob")
-    info.k = [F, 0.0, CX, 0.0, F, CY, 0.0, 0.0, 1.0]
-    info.p = [F, 0.0, CX, 0.0, 0.0, F, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
     return left, sent, metres, info
 
 

@@ -40,8 +40,6 @@ if not harness.installed_executable().is_file():
 harness.use_fastdds_profile_here()
 
 TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu"}
-F, CX, CY = 3979.911 / 4, 1244.772 / 4, 1019.507 / 4
-BASELINE_MM, DOFFS = 193.001, 124.343 / 4
 TEXT_CACHE = 32
 
 
@@ -193,15 +191,6 @@ def one_result(client, rgb, frame_id: str, timeout: float = 30.0, count: int = 1
     return found[-1] if found else None
 
 
-def motorcycle():
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        depth = (BASELINE_MM * F / (disparity + DOFFS) / 1000.0).astype(np.float32)
-    depth[~np.isfinite(disparity) | (depth <= 0)] = np.nan
-    info = CameraInfo(width=left.shape[1], height=left.shape[0])
-    info.k = [F, 0.0, CX, 0.0, F, CY, 0.0, 0.0, 1.0]
-    info.p = [F, 0.0, CX, 0.0, 0.0, F, CY, 0.0, 0.0, 0.0, 1.0, 0.0]
-    return left, depth, info
 
 
 def has_3d(result) -> bool:
@@ -211,7 +200,7 @@ def has_3d(result) -> bool:
 def test_depth_without_camera_info_gives_no_3d(robust):
     node, client = robust
     assert all(r.successful for r in client.set_parameters(prompts="ride", peak_threshold=0.1, num_peaks=8))
-    left, depth, _ = motorcycle()
+    left, depth, _ = harness.motorcycle_rgbd()
     before = counters(client)["frames_without_3d"]
     result = one_result(client, left, "no_info", depth=(depth, "32FC1"))
     assert result is not None and not has_3d(result)
@@ -221,10 +210,10 @@ def test_depth_without_camera_info_gives_no_3d(robust):
 
 def test_bad_depth_and_camera_info_give_no_3d_then_recover(robust):
     node, client = robust
-    left, depth, info = motorcycle()
+    left, depth, info = harness.motorcycle_rgbd()
     h, w = depth.shape
     zero_focal = CameraInfo(width=w, height=h)
-    zero_focal.k = [0.0, 0.0, CX, 0.0, 0.0, CY, 0.0, 0.0, 1.0]
+    zero_focal.k = [0.0, 0.0, harness.MOTORCYCLE_CX, 0.0, 0.0, harness.MOTORCYCLE_CY, 0.0, 0.0, 1.0]
     cases = {
         "nan": (np.full_like(depth, np.nan), "32FC1", info),
         "inf": (np.full_like(depth, np.inf), "32FC1", info),
@@ -361,7 +350,7 @@ def test_flood_at_100_hz_while_prompts_change(robust, coffee):
     node, client = robust
     def flood(seconds: float, prompts: bool) -> int:
         start, k, i = time.monotonic(), 0, 0
-        while (now := time.monotonic()) < start + seconds:
+        while time.monotonic() < start + seconds:
             if prompts and i % 10 == 0:
                 client.publish_prompt(f"flood {k}")
                 k += 1
