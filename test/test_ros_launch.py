@@ -37,7 +37,8 @@ def installed_share() -> Path:
         share = Path(prefix, "share", PKG)
         if Path(prefix, "share", "ament_index", "resource_index", "packages", PKG).is_file():
             return share
-    pytest.skip("affordance_clip_ros is not installed: run `make build` and the tests through scripts/with_ros.sh")
+    pytest.fail("affordance_clip_ros is not installed: run `make build` and the tests through scripts/with_ros.sh",
+                pytrace=False)
 
 
 # --- the launch file, statically --------------------------------------------------------------

@@ -26,7 +26,7 @@ from affordance_clip_ros.ros import harness  # noqa: E402
 from affordance_clip_ros.ros.conversions import image_to_numpy  # noqa: E402
 
 if not harness.installed_executable().is_file():
-    pytest.skip("grounding_node is not installed: run `make build`", allow_module_level=True)
+    pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
 # This process talks to the node with the same Fast DDS profile the launch file gives the node.
 # Set at import (collection), before any test creates a participant: Fast DDS reads it once.
 harness.use_fastdds_profile_here()

@@ -34,7 +34,7 @@ from affordance_clip_ros.ros.messages import marker_array, result_message  # noq
 from affordance_clip_ros.ros.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, parse_prompts  # noqa: E402
 
 if not harness.installed_executable().is_file():
-    pytest.skip("grounding_node is not installed: run `make build`", allow_module_level=True)
+    pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
 # This process talks to the node with the same Fast DDS profile the launch file gives the node.
 # Set at import (collection), before any test creates a participant: Fast DDS reads it once.
 harness.use_fastdds_profile_here()
