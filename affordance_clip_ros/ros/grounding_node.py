@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -73,6 +74,7 @@ LOG_PERIOD_S = 5.0
 # Colour and depth of one capture arrive on two topics in either order: while depth is streaming,
 # wait this long at most for the depth image of a colour frame that is newer than all depth held.
 DEPTH_WAIT_S = 0.3
+SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
 class StartupError(RuntimeError):
@@ -411,9 +413,18 @@ def main(args: list[str] | None = None) -> NoReturn:
 
 
 def run(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start."""
+    """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start.
+
+    The signals only set an event. Shutdown then runs in order on this thread: the worker
+    finishes the frame in hand and stops, the executor stops, the node and only then the ROS
+    context are destroyed. (rclpy's own handlers shut the context down at once, under a worker
+    that may be publishing: that crashed the process with SIGSEGV now and then.)
+    """
     context = Context()
-    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.ALL)
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    stop_requested = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_requested.set())
     logger = get_logger(NODE_NAME)
     node = None
     executor = MultiThreadedExecutor(num_threads=3, context=context)
@@ -424,16 +435,18 @@ def run(args: list[str] | None = None) -> int:
         node.load_model()
         executor.add_node(node)
         node.start()
-        executor.spin()
+        while not stop_requested.is_set() and context.ok():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except StartupError as e:
         logger.error(str(e))
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.stop()
+        executor.shutdown(timeout_sec=1.0)
+        if node is not None:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0
