@@ -60,13 +60,7 @@ def run_scene(client, name: str, rgb: np.ndarray, prompts: str, frames: int, out
     latencies, inference, result, overlay = [], [], None, None
     for _ in range(frames):
         client.clear()
-        header = client.header(frame_id=f"{name}_optical")
-        if info is not None:
-            info.header = header
-            client.publish_camera_info(info)
-        if depth is not None:
-            client.publish_depth(depth[0], header, depth[1])
-        client.publish_image(rgb, header)
+        header = client.publish_frame(rgb, depth, info, frame_id=f"{name}_optical")
         got = client.wait_for(lambda: [r for r in client.results if r.header.stamp == header.stamp], timeout)
         if not got:
             raise TimeoutError(f"{name}: frame not answered within {timeout:.0f} s")

@@ -353,6 +353,19 @@ class GroundingClient:
                 return info.qos_profile.reliability
         return None
 
+    def publish_frame(self, rgb: np.ndarray, depth: tuple[np.ndarray, str] | None = None,
+                      info: CameraInfo | None = None, frame_id: str = "camera_optical_frame") -> Header:
+        """One camera capture: CameraInfo and depth (if given) and the image, all with one new
+        header, which is returned."""
+        header = self.header(frame_id=frame_id)
+        if info is not None:
+            info.header = header
+            self.publish_camera_info(info)
+        if depth is not None:
+            self.publish_depth(depth[0], header, depth[1])
+        self.publish_image(rgb, header)
+        return header
+
     def stream_until(self, predicate: Callable[[], Any], rgb: np.ndarray, timeout: float = 60.0,
                      period: float = 0.25, depth: tuple[np.ndarray, str] | None = None,
                      info: CameraInfo | None = None, frame_id: str = "camera_optical_frame") -> Any:
@@ -360,13 +373,7 @@ class GroundingClient:
         until ``predicate()`` holds: the first frames may be sent before discovery completes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            header = self.header(frame_id=frame_id)
-            if info is not None:
-                info.header = header
-                self.publish_camera_info(info)
-            if depth is not None:
-                self.publish_depth(depth[0], header, depth[1])
-            self.publish_image(rgb, header)
+            self.publish_frame(rgb, depth, info, frame_id)
             if value := self.wait_for(predicate, period):
                 return value
         return predicate()
