@@ -15,6 +15,28 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)
 
 
+def label_box(center: tuple[int, int], gap: int, size: tuple[int, int], shape: tuple[int, int],
+              placed: Sequence[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """Where a peak's label goes, as (x0, y0, x1, y1): beside the marker (right-above, right-below,
+    left-above, left-below), the first spot inside the image that overlaps no earlier label;
+    failing that the first spot inside the image, clamped to it."""
+    (u, v), (width, height), (rows, cols) = center, size, shape
+    spots = [(u + gap, v - gap - height), (u + gap, v + gap), (u - gap - width, v - gap - height),
+             (u - gap - width, v + gap)]
+    boxes = [(x, y, x + width, y + height) for x, y in spots]
+    inside = [b for b in boxes if b[0] >= 0 and b[1] >= 0 and b[2] <= cols and b[3] <= rows]
+    free = [b for b in inside if not any(_overlap(b, p) for p in placed)]
+    if free or inside:
+        return (free or inside)[0]
+    x = min(max(boxes[0][0], 0), max(cols - width, 0))
+    y = min(max(boxes[0][1], 0), max(rows - height, 0))
+    return x, y, x + width, y + height
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Peak] = (), alpha: float = 0.5,
                  label: str | None = None) -> np.ndarray:
     """Blend the colour heatmap on the image (``alpha`` = heatmap weight), mark peaks (best = 1),
@@ -23,12 +45,17 @@ def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Pea
     out = cv2.addWeighted(colorize(heatmap), float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
     scale = max(out.shape[:2]) / 640.0
     radius, thick = max(4, int(8 * scale)), max(1, int(2 * scale))
+    placed: list[tuple[int, int, int, int]] = []
     for rank, peak in enumerate(peaks, start=1):
         center = (int(peak.u), int(peak.v))
         cv2.circle(out, center, radius, (255, 255, 255), thick + 2, cv2.LINE_AA)
         cv2.circle(out, center, radius, (0, 0, 0), thick, cv2.LINE_AA)
-        cv2.putText(out, f"{rank}:{peak.score:.2f}", (center[0] + radius + 2, center[1] - radius),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (255, 255, 255), thick, cv2.LINE_AA)
+        text = f"{rank}:{peak.score:.2f}"
+        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, thick)
+        box = label_box(center, radius + 2, (width, height + thick), out.shape[:2], placed)
+        placed.append(box)
+        cv2.putText(out, text, (box[0], box[3] - thick), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
+                    (255, 255, 255), thick, cv2.LINE_AA)
     if label:
         cv2.putText(out, label, (int(10 * scale), int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale,
                     (0, 0, 0), thick + 3, cv2.LINE_AA)
