@@ -52,7 +52,9 @@ class TrainConfig:
                                 "fp32, bf16 or fp16 (with gradient scaling)")
     num_workers: int = _f(4, "DataLoader worker processes per training process (decoding and letterboxing)")
     seed: int = _f(0, "seed of the data order and initialisation; process r adds r to it")
-    deterministic: bool = _f(False, "deterministic kernels (slower); resume is exact without it on CPU")
+    deterministic: bool = _f(False, "deterministic kernels where torch has them (slower); resume is exact "
+                                        "without it on CPU; on CUDA the FPN's bilinear upsampling has no "
+                                        "deterministic backward, so a resumed run matches to float tolerance")
     channels_last: bool = _f(True, "channels-last memory format (faster convolutions)")
     # ---- outputs
     out_dir: str = _f("runs/affordance_fpn", "run folder: fpn.safetensors, trainer_state.pt, CSV logs, PNG grids")

@@ -35,7 +35,10 @@ def setup(device: str) -> DistContext:
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext(0, 1, 0, resolve_device(device))
+        single = resolve_device(device)
+        if single.type == "cuda" and single.index is not None:
+            torch.cuda.set_device(single)  # pinned-memory thread and cuDNN on the chosen GPU, not GPU 0
+        return DistContext(0, 1, 0, single)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device != "cpu" and torch.cuda.is_available()
     if device.startswith("cuda") and not torch.cuda.is_available():

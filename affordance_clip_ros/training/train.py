@@ -96,12 +96,13 @@ def get_lr(step: int, config: TrainConfig, total_steps: int) -> float:
 
 
 def training_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. auto: bf16 on CUDA when supported (no loss scaling
-    needed), else fp16; fp32 on CPU."""
+    """Autocast dtype, or None for fp32. auto: bf16 on CUDA GPUs with native bf16 (compute
+    capability 8.0+, no loss scaling needed), else fp16 with loss scaling; fp32 on CPU."""
     if precision == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # not torch.cuda.is_bf16_supported(): it also counts the slow emulated bf16 of older GPUs
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -258,7 +259,10 @@ class _Run:
         if state is not None:
             self.fpn.load_state_dict(state["fpn"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            if self.scaler.is_enabled() and state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            elif self.scaler.is_enabled():  # saved without loss scaling (fp32/bf16 or another device)
+                log.warning("The checkpoint has no fp16 loss-scaler state; loss scaling starts afresh.")
             if ctx.is_main:
                 restore_rng(state["rng"])
             self.step = state["step"]
