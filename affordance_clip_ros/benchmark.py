@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import logging
 import platform
@@ -21,13 +22,13 @@ import skimage.data
 import torch
 
 from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, pixel_text_logits
-from .model.grounder import _onnxruntime_available, make_pixel_embedder, resolve_device
+from .model.grounder import BACKENDS, _onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
 
 log = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 # Figures every run writes (the README documents them). At 416, plus "<name>_<size>" for each size
-# of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add peak_gpu_mb and "<name>_fp32" figures.
+# of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add CUDA_KEYS and "<name>_fp32" figures.
 PER_SIZE_KEYS = ("backbone_ms", "head_ms", "image_path_ms", "full_ms_1_prompt", "full_ms_16_prompts",
                  "predict_ms_1_prompt", "predict_ms_16_prompts")
 DOCUMENTED_KEYS = ("clip_model", "device", "machine", "threads", "backend", "image_path_build_s", *PER_SIZE_KEYS,
@@ -35,6 +36,9 @@ DOCUMENTED_KEYS = ("clip_model", "device", "machine", "threads", "backend", "ima
 CPU_KEYS = ("default_backend", "naive_fp32_ms", "fast_path_ms", "cpu_speedup_vs_naive_fp32", "cpu_fast_path_corr",
             "torch_fp32_ms", "torch_fp32_speedup_vs_naive_fp32", "torch_fp32_corr",
             "ort_fp32_ms", "ort_fp32_speedup_vs_naive_fp32", "ort_fp32_corr")
+CUDA_KEYS = ("default_backend", "naive_fp32_ms", "fast_path_ms", "cuda_speedup_vs_naive_fp32", "cuda_fast_path_corr",
+             "torch_fp32_ms", "torch_fp32_corr", "peak_gpu_mb", "fps_model_fp32", "torch_compiled_ms",
+             "torch_compiled_corr")
 
 
 def _sync(device: torch.device) -> None:
@@ -123,7 +127,7 @@ def peak_rss_mb() -> float:
 
 
 def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats: int, warmup: int,
-                  backend: str = "auto", int8: bool = True) -> dict:
+                  backend: str = "auto", extra_paths: bool = True) -> dict:
     """All figures of the benchmark as a flat dict."""
     dev = resolve_device(device)
     image = skimage.data.coffee()
@@ -132,12 +136,10 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
                      "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
                      or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats}
     if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    reused = {}
-    if dev.type == "cpu":
-        fast, grounder416 = cpu_fast_path(clip_model, device, repeats, warmup, backend, int8=int8)
-        results.update(fast)
-        reused[416] = grounder416
+        results["peak_gpu_mb"] = default_path_gpu_mb(clip_model, device, backend, image, prompts16)
+    fast, grounder416 = fast_paths(clip_model, device, repeats, warmup, backend, extra_paths)
+    results.update(fast)
+    reused = {416: grounder416}
     precisions = ("fp16", "fp32") if dev.type == "cuda" else ("auto",)
     for precision in precisions:
         suffix = "" if precision in ("auto", "fp16") else f"_{precision}"
@@ -160,10 +162,30 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
                     results["head_overhead_ratio"] = figures["head_ms"] / figures["backbone_ms"]
                     results["prompt_scaling_16_vs_1"] = figures["full_ms_16_prompts"] / figures["full_ms_1_prompt"]
             del grounder
+            free_memory(dev)
     results["peak_rss_mb"] = peak_rss_mb()
-    if dev.type == "cuda":
-        results["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return results
+
+
+def default_path_gpu_mb(clip_model: str, device: str, backend: str, image: np.ndarray, prompts: list[str]) -> float:
+    """Peak CUDA memory (MiB) of the default path alone: weights, 16 prompts, maps and peaks at 416."""
+    dev = resolve_device(device)
+    free_memory(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    grounder = build_grounder(clip_model, device, "auto", 416, backend=backend).prepare()
+    grounder.predict(image, prompts)
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20
+    del grounder
+    free_memory(dev)
+    return peak
+
+
+def free_memory(device: torch.device) -> None:
+    """Free dropped grounders now (a grounder's image path refers back to it, so only the cycle
+    collector frees it), so that the next figure starts from the same memory."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def time_grounder(grounder: AffordanceGrounder, image: np.ndarray, prompts16: list[str], repeats: int,
@@ -201,48 +223,61 @@ def describe_backend(grounder: AffordanceGrounder) -> str:
     return f"{grounder.backend}-{precision}"
 
 
-def cpu_fast_path(clip_model: str, device: str, repeats: int, warmup: int, backend: str = "auto",
-                  int8: bool = True) -> tuple[dict, AffordanceGrounder]:
-    """The default CPU image path, and each optimisation alone, vs the naive fp32 contiguous torch
-    forward of the same weights at 416: speed (timed round-robin in one run) and heatmap fidelity
-    (min Pearson over photos x prompts of the probability maps). Also returns the grounder."""
+def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend: str = "auto",
+               extra_paths: bool = True) -> tuple[dict, AffordanceGrounder]:
+    """The default image path, and the alternatives on the device, vs the naive fp32 contiguous
+    torch forward of the same weights at 416: speed (timed round-robin in one run) and heatmap
+    fidelity (min Pearson over photos x prompts of the probability maps). Also returns the default
+    grounder. ``extra_paths``: also the slow-to-build ones (int8 quantisation, torch.compile)."""
     grounder = build_grounder(clip_model, device, "auto", 416, backend=backend)
     naive = naive_forward(clip_model, grounder)  # also loads its weights into the grounder
-    start = time.perf_counter()
-    grounder.prepare()
-    build_s = time.perf_counter() - start
-    candidates: dict[str, Callable] = {"default": grounder.pixel_embeddings,
-                                       "torch_fp32": grounder.torch_pixel_embeddings}
-    if _onnxruntime_available():
-        from .model.onnx_backend import ImagePath, build_ort_image_path
-
-        path = ImagePath(grounder.clip, grounder.fpn)
-        candidates["ort_fp32"] = build_ort_image_path(path, 416, "fp32", None, cacheable=False)
-        if int8:  # opt-in precision: quantised here with the grounder's own fidelity gate, timed alike
-            start = time.perf_counter()
-            candidates["ort_int8"] = make_pixel_embedder(AffordanceGrounder(
-                grounder.clip, grounder.fpn, replace(grounder.config, backend="onnxruntime", precision="int8")))
-            int8_build_s = time.perf_counter() - start
+    on_cpu = grounder.device.type == "cpu"
+    alternatives = {"torch_fp32": dict(backend="torch", precision="fp32")}
+    if on_cpu and _onnxruntime_available():
+        alternatives["ort_fp32"] = dict(backend="onnxruntime", precision="fp32")
+        if extra_paths:  # int8 with the grounder's own fidelity gate
+            alternatives["ort_int8"] = dict(backend="onnxruntime", precision="int8")
+    if extra_paths:
+        alternatives["torch_compiled"] = dict(backend="torch", precision="fp32" if on_cpu else "fp16",
+                                              compile="default" if on_cpu else "reduce-overhead")
+    variants = {"default": grounder}
+    variants.update({name: AffordanceGrounder(grounder.clip, grounder.fpn, replace(grounder.config, **changes))
+                     for name, changes in alternatives.items()})
+    build_s = {}
+    for name, variant in variants.items():
+        start = time.perf_counter()
+        variant.prepare()
+        build_s[name] = time.perf_counter() - start
     text = grounder.text_embeddings(["cut with"])
-    pixels = torch.randn(1, 3, 416, 416)
+    pixels = torch.randn(1, 3, 416, 416, device=grounder.device)
     fns = {"naive_fp32": lambda: naive(pixels, text)}
-    for name, embed in candidates.items():
-        fns[name] = lambda embed=embed: pixel_text_logits(embed(pixels), text)
+    for name, variant in variants.items():
+        fns[name] = lambda variant=variant: pixel_text_logits(autocast_image_path(variant)(pixels), text)
     with torch.inference_mode():
         times = interleaved_medians(fns, repeats, warmup, grounder.device)
-    results = {"default_backend": describe_backend(grounder), "image_path_build_s": build_s,
+    kind = grounder.device.type
+    results = {"default_backend": describe_backend(grounder), "image_path_build_s": build_s["default"],
                "naive_fp32_ms": times["naive_fp32"], "fast_path_ms": times["default"],
-               "cpu_speedup_vs_naive_fp32": times["naive_fp32"] / times["default"],
-               "cpu_fast_path_corr": fidelity(grounder, naive, grounder.pixel_embeddings)}
-    if "ort_int8" in candidates:
-        results["ort_int8_build_s"] = int8_build_s
-        results["ort_int8_kept"] = candidates["ort_int8"].precision == "int8"  # False: refused by its fidelity gate
-    for name in candidates:
-        if name != "default":
-            results[f"{name}_ms"] = times[name]
-            results[f"{name}_speedup_vs_naive_fp32"] = times["naive_fp32"] / times[name]
-            results[f"{name}_corr"] = fidelity(grounder, naive, candidates[name])
+               f"{kind}_speedup_vs_naive_fp32": times["naive_fp32"] / times["default"],
+               f"{kind}_fast_path_corr": fidelity(grounder, naive, autocast_image_path(grounder))}
+    for name, variant in variants.items():
+        if name == "default":
+            continue
+        results[f"{name}_ms"] = times[name]
+        results[f"{name}_speedup_vs_naive_fp32"] = times["naive_fp32"] / times[name]
+        results[f"{name}_corr"] = fidelity(grounder, naive, autocast_image_path(variant))
+        results[f"{name}_build_s"] = build_s[name]
+    if "ort_int8" in variants:
+        results["ort_int8_kept"] = variants["ort_int8"]._embedder.precision == "int8"  # False: refused by its gate
     return results, grounder
+
+
+def autocast_image_path(grounder: AffordanceGrounder) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The grounder's image path under its own autocast, as heatmap_tensors runs it."""
+    def embed(pixels: torch.Tensor) -> torch.Tensor:
+        with grounder._autocast():
+            return grounder.pixel_embeddings(pixels)
+    return embed
 
 
 FIDELITY_PROMPTS = ("hold", "cut with", "drink with", "pour")
@@ -255,10 +290,11 @@ def fidelity(grounder: AffordanceGrounder, naive: Callable, embed: Callable) -> 
     text = grounder.text_embeddings(FIDELITY_PROMPTS)
     worst = 1.0
     for name in PHOTOS:
-        pixels, [box] = letterbox_batch([torch.from_numpy(getattr(skimage.data, name)())], 416)
-        reference = grounder._probabilities(unletterbox(naive(pixels, text)[0], box))
-        candidate = grounder._probabilities(unletterbox(pixel_text_logits(embed(pixels), text)[0], box))
-        for a, b in zip(reference.flatten(1).numpy(), candidate.flatten(1).numpy()):
+        photo = torch.from_numpy(getattr(skimage.data, name)()).to(grounder.device)
+        pixels, [box] = letterbox_batch([photo], 416)
+        reference = grounder._probabilities(unletterbox(naive(pixels, text)[0].float(), box))
+        candidate = grounder._probabilities(unletterbox(pixel_text_logits(embed(pixels), text)[0].float(), box))
+        for a, b in zip(reference.flatten(1).cpu().numpy(), candidate.flatten(1).cpu().numpy()):
             worst = min(worst, float(np.corrcoef(a, b)[0, 1]))
     return worst
 
@@ -274,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     sizes = (416,) if args.short else tuple(args.sizes)
     clip_model = "RN-tiny" if args.short and args.clip_model == "RN101" else args.clip_model
     results = run_benchmark(clip_model, args.device, sizes, args.repeats, args.warmup, args.backend,
-                            int8=not args.short)
+                            extra_paths=not args.short)
     print_table(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -289,13 +325,13 @@ def register(subparsers) -> None:
                     "default path against a naive fp32 torch forward (speed and heatmap correlation). Random "
                     "weights; ratios come from one run, timed round-robin.")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="image-path backend of the grounders timed (default: what the grounder picks)")
     parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640], help="model input sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--short", action="store_true",
-                        help="CI mode: RN-tiny at 416 only, the documented keys (no int8 figures)")
+                        help="CI mode: RN-tiny at 416 only, the documented keys (no int8 or torch.compile figures)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.set_defaults(func=run)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 
 from .model import AffordanceGrounder, GrounderConfig
+from .model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision, --input-size, --template."""
+    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision, --backend, --compile,
+    --input-size, --template."""
     group = parser.add_argument_group("model")
     group.add_argument("--clip-model", default="RN101", help="open_clip ResNet model name (default: RN101)")
     group.add_argument("--clip-pretrained", default="openai",
@@ -16,12 +18,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fpn-checkpoint", default=None,
                        help="trained FPN (.safetensors); without it the training-free dense CLIP head is used")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+    group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="torch: autocast precision, auto = fp16 on CUDA, fp32 on CPU; onnxruntime: auto = "
                             "int8 (quantised once per weights and cached) when its heatmaps stay faithful to fp32 "
                             "(Pearson >= 0.99), else fp32")
-    group.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+    group.add_argument("--backend", default="auto", choices=BACKENDS,
                        help="image path: auto = onnxruntime on CPU (about 2x faster), torch on CUDA")
+    group.add_argument("--compile", default="off", choices=COMPILE_MODES,
+                       help="torch.compile the torch image path (reduce-overhead = CUDA graphs on CUDA); compiled "
+                            "once at start-up")
     group.add_argument("--input-size", type=int, default=416, help="square model input in pixels (multiple of 32)")
     group.add_argument("--template", action="append", dest="templates", default=None,
                        help="prompt template with one '{}' (repeat to average several); default: the bare phrase")
@@ -30,7 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
     kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                   fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,
-                  input_size=args.input_size, backend=getattr(args, "backend", "auto"))
+                  input_size=args.input_size, backend=getattr(args, "backend", "auto"), compile=getattr(args, "compile", "off"))
     if args.templates:
         kwargs["prompt_templates"] = tuple(args.templates)
     kwargs.update(overrides)

@@ -128,6 +128,18 @@ def test_text_cache_hits_and_is_bounded():
     torch.testing.assert_close(first.norm(dim=-1), torch.ones(2))
 
 
+def test_text_embeddings_are_fp32_whatever_the_callers_autocast():
+    """The cache holds one embedding per text: the first caller's autocast (the CUDA image path
+    runs under fp16) must not decide it for every later caller."""
+    reference = FrozenCLIP.create("RN-tiny", "none", "cpu")
+    clip = FrozenCLIP.create("RN-tiny", "none", "cpu")
+    clip.model.load_state_dict(reference.model.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = clip.encode_text(["cut with"])
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, reference.encode_text(["cut with"]), rtol=0, atol=0)
+
+
 def test_prompt_templates_are_averaged_in_embedding_space():
     templates = ("{}", "an object to {}")
     grounder = AffordanceGrounder.from_config(GrounderConfig(**TINY, prompt_templates=templates))

@@ -1,4 +1,5 @@
-"""The ONNX Runtime backend of the image path: same heatmaps as torch, any size, cache, int8 gate."""
+"""The image-path backends: ONNX Runtime (same heatmaps as torch, any size, cache, int8 gate) and
+torch.compile of the torch path."""
 from __future__ import annotations
 
 import logging
@@ -38,6 +39,23 @@ def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere():
         resolve_backend("onnxruntime", "fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="backend must be one of"):
         GrounderConfig(**dict(TINY, backend="tensorrt"))
+    # what ONNX Runtime cannot run, auto gives to torch; an explicit contradiction is an error
+    assert resolve_backend("auto", "bf16", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", "auto", torch.device("cpu"), compile="default") == "torch"
+    with pytest.raises(ValueError, match="applies to backend 'torch'"):
+        resolve_backend("onnxruntime", "auto", torch.device("cpu"), compile="default")
+    with pytest.raises(ValueError, match="compile must be one of"):
+        GrounderConfig(**dict(TINY, compile="fast"))
+
+
+def test_compiled_torch_image_path_gives_the_eager_heatmaps(torch_grounder, coffee):
+    """compile: the image path is compiled when the grounder is prepared, and changes no heatmap."""
+    compiled = same_weights(torch_grounder, compile="default")
+    assert compiled.backend == "torch" and hasattr(compiled._embedder, "_torchdynamo_orig_callable")
+    prompts = ["drink with", "hold"]
+    for ours, reference in zip(compiled.predict(coffee, prompts), torch_grounder.predict(coffee, prompts)):
+        assert np.abs(ours.heatmap - reference.heatmap).max() < 1e-4
+        assert [(p.u, p.v) for p in ours.peaks] == [(p.u, p.v) for p in reference.peaks]
 
 
 def test_default_cpu_backend_heatmaps_match_torch_through_predict(torch_grounder, coffee):

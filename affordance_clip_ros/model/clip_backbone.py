@@ -108,7 +108,9 @@ class FrozenCLIP(nn.Module):
 
     def _positional_embedding(self, height: int, width: int) -> torch.Tensor:
         """The attention pool's positional embedding, bicubically resized to a height x width grid."""
-        if torch.jit.is_tracing():  # ONNX export: the sizes are graph values, so resize inside the graph
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # ONNX export (sizes are graph values) and torch.compile (a cache filled inside a CUDA
+            # graph would live in its memory pool): resize inside the graph
             return self._resize_positional_embedding(height, width)
         key = (int(height), int(width))
         if key not in self._pos_embed_cache:
@@ -154,7 +156,8 @@ class FrozenCLIP(nn.Module):
         if missing:
             self._warn_truncated(missing)
             tokens = self.tokenizer(missing).to(self.device)
-            with torch.inference_mode():
+            # fp32 whatever autocast the caller runs under: the cache holds one embedding per text
+            with torch.inference_mode(), torch.autocast(self.device.type, enabled=False):
                 embeddings = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
             for text, emb in zip(missing, embeddings):
                 self._text_cache[text] = emb

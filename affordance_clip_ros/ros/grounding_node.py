@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -131,7 +132,24 @@ class GroundingNode(Node):
             self.create_timer(1.0, self._match_publisher_qos, callback_group=timers)
 
     # ------------------------------------------------------------------ life cycle
-    def load_model(self) -> None:
+    def start(self) -> None:
+        """Start the worker thread and return once it has built the model; StartupError if it
+        cannot. The worker builds the grounder itself, so everything the model keeps per thread
+        (CUDA graphs of ``compile: reduce-overhead``) belongs to the thread that runs it."""
+        built: queue.Queue[StartupError | None] = queue.Queue(maxsize=1)
+        self._worker = threading.Thread(target=self._run_worker, args=(built,), name="affordance_inference",
+                                        daemon=True)
+        self._worker.start()
+        if (error := built.get()) is not None:
+            raise error
+        s = self.settings
+        topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
+                           for sub, rel, _, _ in self._sensor_subs.values())
+        self.get_logger().info(
+            f"ready: CLIP {s.clip_model} ({self.grounder.mode}) on {self.grounder.device}; inputs {topics}; "
+            f"prompts: {join_prompts(s.prompts) or '(none yet: publish on ' + QUERY_TOPIC + ')'}")
+
+    def _load_model(self) -> None:
         """Build the grounder from the (read-only) model parameters; StartupError on failure."""
         s = self.settings
         try:
@@ -139,16 +157,6 @@ class GroundingNode(Node):
         except (WeightsNotFoundError, WeightsLoadError, CheckpointError, FileNotFoundError, ValueError,
                 TypeError, RuntimeError) as e:
             raise StartupError(_startup_message(e, s)) from e
-
-    def start(self) -> None:
-        self._worker = threading.Thread(target=self._run_worker, name="affordance_inference", daemon=True)
-        self._worker.start()
-        s = self.settings
-        topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
-                           for sub, rel, _, _ in self._sensor_subs.values())
-        self.get_logger().info(
-            f"ready: CLIP {s.clip_model} ({self.grounder.mode}) on {self.grounder.device}; inputs {topics}; "
-            f"prompts: {join_prompts(s.prompts) or '(none yet: publish on ' + QUERY_TOPIC + ')'}")
 
     def stop(self, timeout_s: float = 1.5) -> None:
         self._slot.close()
@@ -199,7 +207,13 @@ class GroundingNode(Node):
         self._camera_info = msg
 
     # ------------------------------------------------------------------ inference (worker thread)
-    def _run_worker(self) -> None:
+    def _run_worker(self, built: "queue.Queue[StartupError | None]") -> None:
+        try:
+            self._load_model()
+        except StartupError as e:
+            built.put(e)
+            return
+        built.put(None)
         next_start = 0.0
         while (frame := self._slot.take()) is not None:
             try:
@@ -432,9 +446,8 @@ def run(args: list[str] | None = None) -> int:
         node = GroundingNode(context=context)
         logger = node.get_logger()
         _route_python_logging(logger)
-        node.load_model()
-        executor.add_node(node)
         node.start()
+        executor.add_node(node)
         while not stop_requested.is_set() and context.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except StartupError as e:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 
-from ..model.grounder import BACKENDS, PRECISIONS, GrounderConfig
+from ..model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS, GrounderConfig
 from ..model.prompts import validate_templates
 from .prompts import parse_prompts
 
@@ -64,6 +64,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               choices=PRECISIONS),
     ParamSpec("backend", "auto", "image path: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnxruntime",
               read_only=True, choices=BACKENDS),
+    ParamSpec("compile", "off", "torch.compile of the torch image path: off, default, reduce-overhead (CUDA graphs "
+              "on CUDA), max-autotune; compiled at start-up", read_only=True, choices=COMPILE_MODES),
     ParamSpec("input_size", 416, "square model input in pixels (multiple of 32)", read_only=True,
               range=(64, 1024, 32)),
     ParamSpec("text_cache_size", 256, "text embeddings kept in the LRU cache (bounds memory under prompt spam)",
@@ -136,6 +138,7 @@ class Settings:
     device: str
     precision: str
     backend: str
+    compile: str
     input_size: int
     text_cache_size: int
     prompts: tuple[str, ...]
@@ -168,7 +171,7 @@ class Settings:
         return GrounderConfig(
             clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
             fpn_checkpoint=self.fpn_checkpoint or None, device=self.device, precision=self.precision,
-            backend=self.backend, input_size=self.input_size, prompt_templates=self.prompt_templates,
+            backend=self.backend, compile=self.compile, input_size=self.input_size, prompt_templates=self.prompt_templates,
             num_peaks=self.num_peaks, peak_threshold=self.peak_threshold, peak_min_distance=self.peak_min_distance,
             text_cache_size=self.text_cache_size)
 
