@@ -13,6 +13,8 @@ behind another. Per resolution (640x480, 1280x720) it reports:
 * ``e2e_ms``: publish -> result received (median), and ``model_ms``: the node's own
   ``inference_ms`` of the same frames (grounder.predict: model, maps, host copy, peaks);
   ``ros_overhead_ratio`` = e2e / model.
+* ``e2e_fps``: results received per second while frames are published at 100 Hz, faster than
+  the node takes them (it processes the newest frame and drops the others).
 * Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
   (sensor_msgs/Image -> RGB array), ``messages_ms`` (heatmap Image + AffordanceResult),
   ``overlay_ms`` (colour map, blend, peaks; published because someone subscribes to ~/overlay),
@@ -106,22 +108,44 @@ def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, 
     return {"e2e_ms": e2e_ms, "e2e_max_ms": max(e2e), "model_ms": model_ms, "ros_overhead_ratio": e2e_ms / model_ms}
 
 
+def node_throughput(client: harness.GroundingClient, rgb: np.ndarray, seconds: float, rate_hz: float = 100.0
+                    ) -> float:
+    """Results per second for frames published at ``rate_hz`` for ``seconds``."""
+    time.sleep(0.5)
+    published = set()
+    start = time.perf_counter()
+    for i in range(int(seconds * rate_hz)):
+        header = client.publish_image(rgb)
+        published.add((header.stamp.sec, header.stamp.nanosec))
+        time.sleep(max(0.0, start + (i + 1) / rate_hz - time.perf_counter()))
+    elapsed = time.perf_counter() - start
+    time.sleep(1.0)  # the last frame's result
+    with client.lock:
+        answered = sum((r.header.stamp.sec, r.header.stamp.nanosec) in published for r in client.results)
+    return answered / elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--backend", default="auto", help="grounder backend (auto, torch, onnxruntime)")
+    parser.add_argument("--compile", default="off", help="torch.compile mode of the torch image path (node parameter)")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per resolution (median reported)")
+    parser.add_argument("--throughput-seconds", type=float, default=3.0,
+                        help="seconds of 100 Hz frames for e2e_fps (0: not measured)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for start-up / a result")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     harness.use_fastdds_profile_here()  # the launch file gives the node the same profile
-    params = {"clip_model": args.clip_model, "clip_pretrained": "none", "device": "cpu", "backend": args.backend,
-              "prompts": PROMPT, "image_qos": "reliable", "publish_overlay": True}
-    grounder = AffordanceGrounder.from_config(GrounderConfig(clip_model=args.clip_model, clip_pretrained="none",
-                                                             device="cpu", backend=args.backend))
-    results: dict = {"clip_model": args.clip_model, "backend": args.backend, "frames": args.frames,
-                     "rmw": os.environ.get("RMW_IMPLEMENTATION", ""), "grounder_backend": grounder.backend}
+    model = {"clip_model": args.clip_model, "clip_pretrained": "none", "device": args.device, "backend": args.backend,
+             "compile": args.compile}
+    params = {**model, "prompts": PROMPT, "image_qos": "reliable", "publish_overlay": True}
+    grounder = AffordanceGrounder.from_config(GrounderConfig(**model))
+    results: dict = {"clip_model": args.clip_model, "device": str(grounder.device), "backend": args.backend,
+                     "compile": args.compile, "frames": args.frames, "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
+                     "grounder_backend": grounder.backend}
     domain = harness.free_domain_id(salt=11)
     ns = f"/latency{os.getpid()}"
     remaps = {"image": f"{ns}/camera/image", "/affordance/query": f"{ns}/affordance/query"}
@@ -134,6 +158,8 @@ def main() -> int:
         for width, height in RESOLUTIONS:
             rgb = frame(width, height)
             figures = node_latency(client, rgb, args.frames, args.timeout)
+            if args.throughput_seconds > 0:
+                figures["e2e_fps"] = node_throughput(client, rgb, args.throughput_seconds)
             figures.update(in_process_costs(grounder, rgb, max(3, args.frames // 2)))
             for name, value in figures.items():
                 results[f"{name}_{width}x{height}"] = value

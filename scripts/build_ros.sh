@@ -61,7 +61,7 @@ export PYTHONDONTWRITEBYTECODE=1  # keep the sources free of __pycache__ from th
 
 # The exported CMake targets of the wheels must point at this interpreter's headers.
 # make setup does this; redo it here only if a wheel was (re)installed by hand since.
-if grep -rqs --include='*.cmake' /opt/python/cp311-cp311 "$VENV/share"; then
+if grep -rqs --include='*.cmake' /opt/python/cp3 "$VENV/share"; then
   "$PY" "$ROOT/scripts/fix_ros_wheels.py"
 fi
 

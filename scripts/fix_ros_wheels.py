@@ -8,6 +8,8 @@ directories::
     /opt/python/cp311-cp311/include/python3.11
     /opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include
 
+(``cp312-cp312`` and ``python3.12`` in the wheels for Python 3.12, and so on.)
+
 Building our own messages links against those targets, so CMake fails on the missing paths.
 This script rewrites them, in every ``*.cmake`` file under the virtualenv's ``share/`` and
 ``lib/``, to ``sysconfig``'s include directory and ``numpy.get_include()``. It is idempotent
@@ -27,14 +29,13 @@ from pathlib import Path
 
 LOG = logging.getLogger("fix_ros_wheels")
 
-#: The build image's Python prefix, as it appears in the wheels' CMake files.
-BUILD_PREFIX = "/opt/python/cp311-cp311"
-#: ``<BUILD_PREFIX>/include/python3.X`` (any minor version: the wheels may be rebuilt).
-_PY_INCLUDE = re.compile(re.escape(BUILD_PREFIX) + r"/include/python3\.\d+")
-#: ``<BUILD_PREFIX>/lib/python3.X/site-packages/numpy/(_core|core)/include``.
-_NUMPY_INCLUDE = re.compile(
-    re.escape(BUILD_PREFIX) + r"/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include"
-)
+#: The build image's Python prefix, as it appears in the wheels' CMake files (any CPython 3).
+BUILD_PREFIX = "/opt/python/cp3"
+_PREFIX = r"/opt/python/cp3\d+-cp3\d+"
+#: ``<prefix>/include/python3.X``.
+_PY_INCLUDE = re.compile(_PREFIX + r"/include/python3\.\d+")
+#: ``<prefix>/lib/python3.X/site-packages/numpy/(_core|core)/include``.
+_NUMPY_INCLUDE = re.compile(_PREFIX + r"/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include")
 
 
 def target_paths() -> tuple[str, str]:

@@ -89,7 +89,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def resolve_backend(backend: str, precision: str, device: torch.device, compile: str = "off") -> str:
     """"auto" -> the fastest measured image path on the device (``affordance-clip benchmark``):
-    ONNX Runtime on CPU (int8 when faithful: about 2.3x a naive fp32 torch forward; fp32: 1.5x),
+    ONNX Runtime on CPU (int8 when faithful: 2.3-2.8x a naive fp32 torch forward; fp32: 1.5x),
     torch on CUDA (fp16, cuDNN); torch wherever ``compile`` is asked for."""
     if backend == "auto":
         wants_ort = device.type == "cpu" and compile == "off" and precision in ("auto", "fp32", "int8")

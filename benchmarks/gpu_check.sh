@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Every GPU figure of the package in one run, on a machine with an NVIDIA GPU and PyTorch with
+# CUDA, CMake and a C++ compiler, even without internet access:
+#
+#   bash scripts/gpu_wheels.sh .whl        # where PyPI is reachable (about 52 MB of wheels)
+#   bash benchmarks/gpu_check.sh OUT_DIR   # on the GPU machine, repository root, .whl/ beside it
+#
+# Set-up: a virtualenv (GPU_VENV, default /tmp/affordance-gpu-venv) that sees the machine's own
+# PyTorch, with the wheels of WHEELS (default .whl) installed, and the messages built by colcon.
+# Then, each step logged to OUT_DIR/<step>.log and going on after a failure:
+#   benchmark.json    affordance-clip benchmark --device cuda (fp16 and fp32 at 320/416/640, fp16
+#                     heatmap fidelity, CUDA graphs, peak GPU memory)
+#   ros_latency.json  the node through DDS at 640x480 and 1280x720: latency, frames/s (default
+#                     path; ros_latency_graphs.json: with compile reduce-overhead)
+#   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
+# DEVICE=cpu rehearses the same steps without a GPU (much slower: use SHORT=1).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR}" && cd "$1" && pwd)"
+PYTHON="${PYTHON:-python3}"
+VENV="${GPU_VENV:-/tmp/affordance-gpu-venv}"
+WHEELS="${WHEELS:-$ROOT/.whl}"
+DEVICE="${DEVICE:-cuda}"
+MODEL="RN101"
+SIZES=(320 416 640)
+FRAMES=10
+STEPS=20
+BATCH=32
+if [[ -n "${SHORT:-}" ]]; then MODEL="RN-tiny"; SIZES=(416); FRAMES=2; STEPS=2; BATCH=8; fi
+failed=0
+
+step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, say how it went
+  local name="$1" start=$SECONDS
+  shift
+  echo "== $name"
+  if "$@" >"$OUT/$name.log" 2>&1; then
+    echo "   ok ($((SECONDS - start)) s)"
+  else
+    echo "   FAILED ($((SECONDS - start)) s), last lines of $OUT/$name.log:"
+    tail -n 25 "$OUT/$name.log" | sed 's/^/   | /'
+    failed=1
+    return 1
+  fi
+}
+
+set_up() {
+  "$PYTHON" -m venv "$VENV" || return 1
+  # The machine's PyTorch (and numpy, OpenCV, ...) may itself live in a virtualenv, which
+  # --system-site-packages would not see: add its site-packages after the new venv's own.
+  local base site
+  base="$("$PYTHON" -c 'import site; print(":".join(site.getsitepackages()))')"
+  site="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
+  tr ':' '\n' <<<"$base" >"$site/machine_packages.pth"
+  # --ignore-installed: the machine's packages are visible, and must not stand in for these.
+  "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl \
+    || return 1
+  "$VENV/bin/python" scripts/fix_ros_wheels.py || return 1
+  VENV="$VENV" bash scripts/build_ros.sh
+}
+
+with_ros() { VENV="$VENV" bash scripts/with_ros.sh "$VENV/bin/python" "$@"; }
+
+train() {
+  local work
+  work="$(mktemp -d)"
+  with_ros -m affordance_clip_ros.cli synth-refcoco "$work/data" --num-images $((BATCH * 4)) &&
+    with_ros -m affordance_clip_ros.cli train --clip-model "$MODEL" --clip-pretrained none --device "$DEVICE" \
+      --data-root "$work/data" --train-data refcoco:unc --val-data "" --max-steps "$STEPS" \
+      --batch-size "$BATCH" --num-workers 4 --log-every 1 --save-every "$STEPS" --out-dir "$work/run" &&
+    cp "$work/run/train_log.csv" "$OUT/train_log.csv"
+  local status=$?
+  rm -rf "$work"
+  return $status
+}
+
+machine() {
+  if command -v nvidia-smi >/dev/null; then nvidia-smi; fi
+  uname -a
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.is_available())"
+}
+
+step machine machine
+step setup set_up || { echo "set-up failed: nothing else can run"; exit 1; }
+step benchmark with_ros -m affordance_clip_ros.cli benchmark --device "$DEVICE" --clip-model "$MODEL" \
+  --sizes "${SIZES[@]}" --json "$OUT/benchmark.json"
+step ros_latency with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" --frames "$FRAMES" \
+  --json "$OUT/ros_latency.json"
+if [[ "$DEVICE" == cuda* ]]; then
+  step ros_latency_graphs with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" \
+    --frames "$FRAMES" --backend torch --compile reduce-overhead --json "$OUT/ros_latency_graphs.json"
+fi
+step train train
+echo "gpu_check.sh: figures in $OUT"
+exit $failed

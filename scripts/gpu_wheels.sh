@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Download the wheels that benchmarks/gpu_check.sh needs on a GPU machine without internet access
+# that already has PyTorch with CUDA (with numpy, OpenCV, scikit-image, ONNX Runtime, safetensors,
+# tqdm, timm): the ROS 2 wheels with their build tools, and the rest of this package's Python
+# dependencies, for that machine's Python.
+#
+#   bash scripts/gpu_wheels.sh [DEST] [PYTHON_VERSION]      (defaults: .whl 3.12)
+#
+# Run it where PyPI is reachable; then copy DEST next to the repository on the GPU machine.
+# About 52 MB. Packages published only as source (empy, lark-parser, catkin-pkg) are built into
+# wheels here; numpy is left out (the machine's own must stay, it matches its torch).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DEST="${1:-$ROOT/.whl}"
+PYVER="${2:-3.12}"
+PIP=(python3 -m pip)
+mkdir -p "$DEST"
+sources="$(mktemp -d)"
+trap 'rm -rf "$sources"' EXIT
+
+platforms=()
+for tag in manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64 \
+           manylinux_2_34_x86_64 manylinux_2_35_x86_64 manylinux_2_39_x86_64 any; do
+  platforms+=(--platform "$tag")
+done
+download=("${PIP[@]}" download -q --only-binary=:all: --python-version "$PYVER" --implementation cp
+          "${platforms[@]}" --find-links "$sources" -d "$DEST")
+
+pins() {  # NAME==VERSION of each named package, as this repository pins it
+  grep -hiE "^($(IFS='|'; echo "$*"))==" "$ROOT"/requirements*.txt | sed 's/[[:space:]]*#.*//'
+}
+
+# shellcheck disable=SC2046
+"${PIP[@]}" wheel -q --no-deps -w "$sources" $(pins empy lark-parser catkin-pkg)
+# The ROS 2 wheels and colcon, with everything they need.
+"${download[@]}" -r "$ROOT/requirements-ros.txt"
+# This package's own dependencies that a CUDA PyTorch machine lacks.
+# shellcheck disable=SC2046
+"${download[@]}" --no-deps $(pins open_clip_torch ftfy wcwidth pycocotools)
+rm -f "$DEST"/numpy-*.whl
+echo "gpu_wheels.sh: $(find "$DEST" -name '*.whl' | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (Python $PYVER)"
