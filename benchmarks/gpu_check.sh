@@ -45,8 +45,12 @@ step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, say how it went
   fi
 }
 
+venv_pip() {  # pip of the new venv; where the interpreter has no ensurepip, the machine's pip aimed at it
+  if [[ -x "$VENV/bin/pip" ]]; then "$VENV/bin/python" -m pip "$@"; else "$PYTHON" -m pip --python "$VENV/bin/python" "$@"; fi
+}
+
 set_up() {
-  "$PYTHON" -m venv "$VENV" || return 1
+  "$PYTHON" -m venv "$VENV" || "$PYTHON" -m venv --without-pip "$VENV" || return 1
   # The machine's PyTorch (and numpy, OpenCV, ...) may itself live in a virtualenv, which
   # --system-site-packages would not see: add its site-packages after the new venv's own.
   local base site
@@ -54,8 +58,7 @@ set_up() {
   site="$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')"
   tr ':' '\n' <<<"$base" >"$site/machine_packages.pth"
   # --ignore-installed: the machine's packages are visible, and must not stand in for these.
-  "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl \
-    || return 1
+  venv_pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl || return 1
   "$VENV/bin/python" scripts/fix_ros_wheels.py || return 1
   VENV="$VENV" bash scripts/build_ros.sh
 }

@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -23,6 +24,7 @@ from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl,
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
 from affordance_clip_ros.training.data import ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
+from affordance_clip_ros.training.train import training_dtype
 from affordance_clip_ros.training.train import plan_batches, resume_config
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu"]
@@ -354,3 +356,15 @@ def test_torchrun_two_processes_train_and_only_rank_zero_writes(tmp_path):
     assert state["world_size"] == 2 and state["step"] == 2
     [val] = rows(out / "val_log.csv")
     assert int(val["samples"]) == len(load_refer(root, "refcoco", "unc", "val"))  # shards add up, no duplicates
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 0), torch.float16), ((7, 5), torch.float16),
+                                                  ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)])
+def test_auto_precision_uses_bf16_only_on_gpus_with_native_bf16(capability, expected):
+    """auto: bf16 (no loss scaling) from compute capability 8.0 on, fp16 with a loss scaler before
+    (torch.cuda.is_bf16_supported() would also accept the slow emulated bf16 of a V100 or T4)."""
+    with mock.patch("torch.cuda.get_device_capability", return_value=capability) as capability_of:
+        assert training_dtype("auto", torch.device("cuda", 1)) is expected
+    capability_of.assert_called_once_with(torch.device("cuda", 1))  # the training device, not GPU 0
+    assert training_dtype("auto", torch.device("cpu")) is None
+    assert training_dtype("fp16", torch.device("cpu")) is torch.float16

@@ -94,8 +94,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               range=(0.0, 1000.0, 0.0)),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
-MODEL_PARAMS = ("clip_model", "clip_pretrained", "fpn_checkpoint", "device", "precision", "backend", "input_size",
-                "text_cache_size")
+MODEL_PARAMS = ("clip_model", "clip_pretrained", "fpn_checkpoint", "device", "precision", "backend", "compile",
+                "input_size", "text_cache_size")
 
 
 def declare(node) -> None:
