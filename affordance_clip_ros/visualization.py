@@ -8,6 +8,8 @@ import numpy as np
 
 from .model.peaks import Peak
 
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
     """[0, 1] float map -> BGR uint8 image with OpenCV's TURBO colour map."""
@@ -37,6 +39,25 @@ def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def label_size(text: str, font_scale: float, thick: int) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`put_label`'s box for ``text``."""
+    (width, height), baseline = cv2.getTextSize(text, FONT, font_scale, thick)
+    pad = thick + 1
+    return width + 2 * pad, height + baseline + 2 * pad
+
+
+def put_label(image: np.ndarray, text: str, top_left: tuple[int, int], font_scale: float, thick: int
+              ) -> tuple[int, int, int, int]:
+    """White text on a black box at ``top_left`` (readable on any heatmap colour); returns the box."""
+    width, height = label_size(text, font_scale, thick)
+    x, y = top_left
+    cv2.rectangle(image, (x, y), (x + width - 1, y + height - 1), (0, 0, 0), cv2.FILLED)
+    (_, text_height), _ = cv2.getTextSize(text, FONT, font_scale, thick)
+    pad = thick + 1
+    cv2.putText(image, text, (x + pad, y + pad + text_height), FONT, font_scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return x, y, x + width, y + height
+
+
 def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Peak] = (), alpha: float = 0.5,
                  label: str | None = None) -> np.ndarray:
     """Blend the colour heatmap on the image (``alpha`` = heatmap weight), mark peaks (best = 1),
@@ -46,19 +67,13 @@ def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Pea
     scale = max(out.shape[:2]) / 640.0
     radius, thick = max(4, int(8 * scale)), max(1, int(2 * scale))
     placed: list[tuple[int, int, int, int]] = []
+    if label:  # the prompt, top left; peak labels keep clear of it
+        placed.append(put_label(out, label, (int(10 * scale), int(10 * scale)), 0.9 * scale, thick))
     for rank, peak in enumerate(peaks, start=1):
         center = (int(peak.u), int(peak.v))
         cv2.circle(out, center, radius, (255, 255, 255), thick + 2, cv2.LINE_AA)
         cv2.circle(out, center, radius, (0, 0, 0), thick, cv2.LINE_AA)
         text = f"{rank}:{peak.score:.2f}"
-        (width, height), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, thick)
-        box = label_box(center, radius + 2, (width, height + thick), out.shape[:2], placed)
-        placed.append(box)
-        cv2.putText(out, text, (box[0], box[3] - thick), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale,
-                    (255, 255, 255), thick, cv2.LINE_AA)
-    if label:
-        cv2.putText(out, label, (int(10 * scale), int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale,
-                    (0, 0, 0), thick + 3, cv2.LINE_AA)
-        cv2.putText(out, label, (int(10 * scale), int(30 * scale)), cv2.FONT_HERSHEY_SIMPLEX, 0.9 * scale,
-                    (255, 255, 255), thick, cv2.LINE_AA)
+        box = label_box(center, radius + 2, label_size(text, 0.5 * scale, thick), out.shape[:2], placed)
+        placed.append(put_label(out, text, box[:2], 0.5 * scale, thick))
     return out

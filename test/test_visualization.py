@@ -31,3 +31,7 @@ def test_overlay_draws_the_label_of_a_peak_at_the_right_edge(coffee):
     changed = np.argwhere(np.any(marked != plain, axis=2))
     # marker and label: pixels changed left of the marker, where the label had to go
     assert changed[:, 1].min() < peak.u - 40
+    # the label is white on black, readable whatever the heatmap's colour there
+    rows, cols = np.nonzero((marked == 0).all(axis=2) & (marked != plain).any(axis=2))
+    label = marked[rows.min():rows.max() + 1, cols.min():peak.u - 10].reshape(-1, 3)
+    assert (label == 0).all(axis=1).mean() > 0.4 and (label > 200).all(axis=1).any()
