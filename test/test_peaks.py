@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from skimage.feature import peak_local_max
+
 from affordance_clip_ros.model import find_peaks
 
 
@@ -35,3 +37,18 @@ def test_peaks_are_valid_for_any_map(heat, num, threshold, distance):
     for p in peaks:
         assert 0 <= p.v < heat.shape[0] and 0 <= p.u < heat.shape[1]
         assert p.score == heat[p.v, p.u] and p.score >= threshold
+
+
+@settings(max_examples=300, deadline=None)
+@given(heat=arrays(np.float32, st.tuples(st.integers(1, 48), st.integers(1, 48)),
+                   elements=st.floats(0, 1, width=32)),
+       levels=st.sampled_from([0, 3, 12]), num=st.integers(1, 8), threshold=st.floats(0, 1),
+       distance=st.integers(0, 12))
+def test_peaks_are_scikit_images_peak_local_max(heat, levels, num, threshold, distance):
+    """Same peaks, in the same order, as skimage.feature.peak_local_max, plateaus and ties
+    included (``levels`` quantises the map so that equal values are common)."""
+    if levels:
+        heat = np.round(heat * levels) / levels
+    reference = peak_local_max(heat, min_distance=max(1, distance), threshold_abs=threshold, num_peaks=num,
+                               exclude_border=False)
+    assert [(p.v, p.u) for p in find_peaks(heat, num, threshold, distance)] == [tuple(c) for c in reference]
