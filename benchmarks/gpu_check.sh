@@ -2,7 +2,7 @@
 # Every GPU figure of the package in one run, on a machine with an NVIDIA GPU and PyTorch with
 # CUDA, CMake and a C++ compiler, even without internet access:
 #
-#   bash scripts/gpu_wheels.sh .whl        # where PyPI is reachable (about 52 MB of wheels)
+#   bash scripts/gpu_wheels.sh .whl        # where PyPI is reachable (about 54 MB of wheels)
 #   bash benchmarks/gpu_check.sh OUT_DIR   # on the GPU machine, repository root, .whl/ beside it
 #
 # Set-up: a virtualenv (GPU_VENV, default /tmp/affordance-gpu-venv) that sees the machine's own

@@ -7,7 +7,7 @@
 #   bash scripts/gpu_wheels.sh [DEST] [PYTHON_VERSION]      (defaults: .whl 3.12)
 #
 # Run it where PyPI is reachable; then copy DEST next to the repository on the GPU machine.
-# About 52 MB. Packages published only as source (empy, lark-parser, catkin-pkg) are built into
+# About 54 MB. Packages published only as source (empy, lark-parser, catkin-pkg) are built into
 # wheels here; numpy is left out (the machine's own must stay, it matches its torch).
 set -euo pipefail
 
