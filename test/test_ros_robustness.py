@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -456,3 +457,36 @@ def test_startup_errors_name_the_parameter_and_exit_non_zero(tmp_path):
         errors = [line for line in log.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1, f"{name}: expected one error line\n{log}"
     assert "Fix:" in procs["missing_weights_file"].log() and "Fix:" in procs["missing_fpn_checkpoint"].log()
+
+
+def test_an_unexpected_error_while_building_the_model_fails_start_up_instead_of_hanging():
+    """The worker thread builds the model; whatever it raises reaches start() as a StartupError
+    (one error naming it, exit code 1 in the executable), never a start() that waits for ever."""
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from affordance_clip_ros.ros.grounding_node import GroundingNode, StartupError
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=harness.free_domain_id(7))
+    node = GroundingNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in TINY.items()])
+    outcome: list[BaseException | None] = []
+    try:
+        with mock.patch.object(GroundingNode, "_load_model", side_effect=KeyError("model table")):
+            starter = threading.Thread(target=lambda: outcome.append(_raised(node.start)), daemon=True)
+            starter.start()
+            starter.join(20.0)
+        assert not starter.is_alive(), "start() still waiting after the worker failed"
+        assert isinstance(outcome[0], StartupError) and "KeyError" in str(outcome[0]), outcome
+    finally:
+        node.stop()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _raised(fn) -> BaseException | None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - the test inspects it
+        return e
+    return None

@@ -214,6 +214,10 @@ class GroundingNode(Node):
         except StartupError as e:
             built.put(e)
             return
+        except BaseException as e:  # noqa: BLE001 - anything else must not leave start() waiting for ever
+            self.get_logger().error(traceback.format_exc())
+            built.put(StartupError(f"building the model failed: {type(e).__name__}: {e}"))
+            return
         built.put(None)
         next_start = 0.0
         while (frame := self._slot.take()) is not None:
