@@ -25,7 +25,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backend", default="auto", choices=BACKENDS,
                        help="image path: auto = onnxruntime on CPU (about 2x faster), torch on CUDA")
     group.add_argument("--compile", default="off", choices=COMPILE_MODES,
-                       help="torch.compile the torch image path (reduce-overhead = CUDA graphs on CUDA); compiled "
+                       help="torch.compile the torch image path (reduce-overhead and max-autotune add CUDA graphs on CUDA); compiled "
                             "once at start-up")
     group.add_argument("--input-size", type=int, default=416, help="square model input in pixels (multiple of 32)")
     group.add_argument("--template", action="append", dest="templates", default=None,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU figure of the package in one run, on a machine with an NVIDIA GPU and PyTorch with
-# CUDA, CMake and a C++ compiler, even without internet access:
+# Every GPU figure of the package in one run, on a machine with an NVIDIA GPU, a usual PyTorch
+# stack (see scripts/gpu_wheels.sh), CMake and a C++ compiler, even without internet access:
 #
 #   bash scripts/gpu_wheels.sh .whl        # where PyPI is reachable (about 54 MB of wheels)
 #   bash benchmarks/gpu_check.sh OUT_DIR   # on the GPU machine, repository root, .whl/ beside it
@@ -13,12 +13,18 @@
 #   ros_latency.json  the node through DDS at 640x480 and 1280x720: latency, frames/s (default
 #                     path; ros_latency_graphs.json: with compile reduce-overhead)
 #   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
-# DEVICE=cpu rehearses the same steps without a GPU (much slower: use SHORT=1).
+# DEVICE=cpu rehearses the same steps without a GPU (much slower: use SHORT=1). It builds into
+# the repository's build/ and install/ for its own virtualenv: run it in a copy of a development
+# checkout, or `make build` there afterwards.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-OUT="$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR}" && cd "$1" && pwd)"
+if [[ $# -ne 1 ]]; then
+  echo "usage: bash benchmarks/gpu_check.sh OUT_DIR" >&2
+  exit 2
+fi
+OUT="$(mkdir -p "$1" && cd "$1" && pwd)" || exit 2
 PYTHON="${PYTHON:-python3}"
 VENV="${GPU_VENV:-/tmp/affordance-gpu-venv}"
 WHEELS="${WHEELS:-$ROOT/.whl}"
@@ -59,6 +65,8 @@ set_up() {
   tr ':' '\n' <<<"$base" >"$site/machine_packages.pth"
   # --ignore-installed: the machine's packages are visible, and must not stand in for these.
   venv_pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl || return 1
+  "$VENV/bin/python" -c "import torch, torchvision, cv2, skimage, onnxruntime, open_clip, pycocotools, matplotlib, \
+psutil, safetensors, tqdm, yaml" || { echo "a module above is missing on this machine: add its wheel" >&2; return 1; }
   "$VENV/bin/python" scripts/fix_ros_wheels.py || return 1
   VENV="$VENV" bash scripts/build_ros.sh
 }

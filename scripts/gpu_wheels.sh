@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Download the wheels that benchmarks/gpu_check.sh needs on a GPU machine without internet access
-# that already has PyTorch with CUDA (with numpy, OpenCV, scikit-image, ONNX Runtime, safetensors,
-# tqdm, timm): the ROS 2 wheels with their build tools, and the rest of this package's Python
-# dependencies, for that machine's Python.
+# that already has a usual PyTorch stack (torch with CUDA, torchvision, numpy, OpenCV,
+# scikit-image, ONNX Runtime, timm, huggingface_hub, safetensors, tqdm, matplotlib, psutil, PyYAML):
+# the ROS 2 wheels with their build tools, and open_clip with what it needs beyond that stack,
+# for that machine's Python. gpu_check.sh says which module is missing, if any.
 #
 #   bash scripts/gpu_wheels.sh [DEST] [PYTHON_VERSION]      (defaults: .whl 3.12)
 #
@@ -37,6 +38,6 @@ pins() {  # NAME==VERSION of each named package, as this repository pins it
 "${download[@]}" -r "$ROOT/requirements-ros.txt"
 # This package's own dependencies that a CUDA PyTorch machine lacks.
 # shellcheck disable=SC2046
-"${download[@]}" --no-deps $(pins open_clip_torch ftfy wcwidth pycocotools)
+"${download[@]}" --no-deps $(pins open_clip_torch ftfy wcwidth regex pycocotools)
 rm -f "$DEST"/numpy-*.whl
 echo "gpu_wheels.sh: $(find "$DEST" -name '*.whl' | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (Python $PYVER)"

@@ -43,10 +43,11 @@ def test_peaks_are_valid_for_any_map(heat, num, threshold, distance):
 @given(heat=arrays(np.float32, st.tuples(st.integers(1, 48), st.integers(1, 48)),
                    elements=st.floats(0, 1, width=32)),
        levels=st.sampled_from([0, 3, 12]), num=st.integers(1, 8), threshold=st.floats(0, 1),
-       distance=st.integers(0, 12))
+       distance=st.integers(0, 60))
 def test_peaks_are_scikit_images_peak_local_max(heat, levels, num, threshold, distance):
     """Same peaks, in the same order, as skimage.feature.peak_local_max, plateaus and ties
-    included (``levels`` quantises the map so that equal values are common)."""
+    included (``levels`` quantises the map so that equal values are common), with windows
+    (2 * distance + 1) on both sides of the switch from OpenCV's to SciPy's maximum filter."""
     if levels:
         heat = np.round(heat * levels) / levels
     reference = peak_local_max(heat, min_distance=max(1, distance), threshold_abs=threshold, num_peaks=num,

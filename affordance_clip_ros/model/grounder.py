@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")
-# torch.compile modes of the torch image path; "reduce-overhead" adds CUDA graphs on CUDA.
+# torch.compile modes of the torch image path; "reduce-overhead" and "max-autotune" add CUDA graphs on CUDA.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # Affordances (AGD20K labels) whose heatmaps must stay faithful to fp32 for int8 to be used.
 FIDELITY_PROMPTS = ("hold", "cut with", "drink with", "pour", "sit on", "open", "kick", "ride")
@@ -40,7 +40,7 @@ class GrounderConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # torch: auto = fp16 on CUDA, fp32; onnxruntime: auto = int8 if faithful, else fp32
     backend: str = "auto"  # image path: auto (onnxruntime on CPU, torch on CUDA) | torch | onnxruntime
-    compile: str = "off"  # torch image path: off | default | reduce-overhead (CUDA graphs) | max-autotune
+    compile: str = "off"  # torch image path: off | default | reduce-overhead | max-autotune (CUDA graphs: last two)
     input_size: int = 416  # square letterboxed model input, a multiple of 32
     prompt_templates: tuple[str, ...] = DEFAULT_TEMPLATES
     num_peaks: int = 5

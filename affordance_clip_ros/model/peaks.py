@@ -5,6 +5,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
+
+
+# Window side up to which OpenCV's dilation beats SciPy's maximum filter (measured at 1280x720:
+# 4.8 vs 13.8 ms at 41 px, equal near 200 px, 144 vs 23 ms at 2001 px).
+WIDEST_DILATION = 81
 
 
 @dataclass(frozen=True)
@@ -20,9 +26,11 @@ def find_peaks(heatmap: np.ndarray, num_peaks: int = 5, threshold: float = 0.3, 
     """Up to ``num_peaks`` local maxima at least ``min_distance`` px apart (Chebyshev) and above
     ``threshold``, best first. A flat or all-below-threshold map gives no peaks.
 
-    The same peaks as scikit-image's ``peak_local_max(heatmap, min_distance, threshold_abs=threshold,
-    num_peaks, exclude_border=False)`` (a test compares them), with OpenCV's dilation as the
-    maximum filter: 3-4x faster on camera-sized maps, where the filter was most of the cost."""
+    For float32 maps, the same peaks as scikit-image's ``peak_local_max(heatmap, min_distance,
+    threshold_abs=threshold, num_peaks, exclude_border=False)`` (a test compares them); other
+    dtypes are compared in float32. The maximum filter, most of the cost, is OpenCV's dilation
+    for the usual windows (2.5-3x faster on camera-sized maps) and SciPy's, whose cost does not
+    grow with the window, for wide ones."""
     if heatmap.ndim != 2:
         raise ValueError(f"heatmap must be 2-D, got shape {heatmap.shape}")
     if num_peaks <= 0 or heatmap.size == 0:
@@ -30,7 +38,10 @@ def find_peaks(heatmap: np.ndarray, num_peaks: int = 5, threshold: float = 0.3, 
     heat = np.ascontiguousarray(heatmap, dtype=np.float32)
     distance = max(1, int(min_distance))
     size = 2 * distance + 1
-    local_max = cv2.dilate(heat, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    if size <= WIDEST_DILATION:
+        local_max = cv2.dilate(heat, np.ones((size, size), np.uint8), borderType=cv2.BORDER_REPLICATE)
+    else:
+        local_max = ndi.maximum_filter(heat, size=size, mode="nearest")
     is_max = heat == local_max
     if heat.size == 1 or is_max.all():  # a single pixel, or a flat map: no peak
         is_max[:] = heat.size == 1

@@ -215,8 +215,8 @@ class GroundingNode(Node):
             built.put(e)
             return
         except BaseException as e:  # noqa: BLE001 - anything else must not leave start() waiting for ever
-            self.get_logger().error(traceback.format_exc())
             built.put(StartupError(f"building the model failed: {type(e).__name__}: {e}"))
+            self.get_logger().error(traceback.format_exc())
             return
         built.put(None)
         next_start = 0.0

@@ -64,8 +64,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               choices=PRECISIONS),
     ParamSpec("backend", "auto", "image path: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnxruntime",
               read_only=True, choices=BACKENDS),
-    ParamSpec("compile", "off", "torch.compile of the torch image path: off, default, reduce-overhead (CUDA graphs "
-              "on CUDA), max-autotune; compiled at start-up", read_only=True, choices=COMPILE_MODES),
+    ParamSpec("compile", "off", "torch.compile of the torch image path: off, default, reduce-overhead, max-autotune "
+              "(the last two with CUDA graphs on CUDA); compiled at start-up", read_only=True, choices=COMPILE_MODES),
     ParamSpec("input_size", 416, "square model input in pixels (multiple of 32)", read_only=True,
               range=(64, 1024, 32)),
     ParamSpec("text_cache_size", 256, "text embeddings kept in the LRU cache (bounds memory under prompt spam)",
