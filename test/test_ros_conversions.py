@@ -17,7 +17,6 @@ from hypothesis import strategies as st  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from affordance_clip_ros.ros import conversions  # noqa: E402
 from affordance_clip_ros.ros.conversions import (ENCODINGS, ImageConversionError, image_to_numpy,  # noqa: E402
                                                  numpy_to_image, rgb_from_image)
 
@@ -45,12 +44,6 @@ def random_array(encoding: str, height: int, width: int) -> np.ndarray:
     return RNG.integers(0, np.iinfo(dtype).max, size=shape, endpoint=True, dtype=dtype)
 
 
-def test_backend_is_numpy_here():
-    # cv_bridge is not installable in this environment (DESIGN.md section 5); on a real ROS
-    # install it would be used after the same layout checks.
-    assert conversions.BACKEND in ("numpy", "cv_bridge")
-
-
 @pytest.mark.parametrize("encoding", list(ENCODINGS))
 @pytest.mark.parametrize("big_endian", [False, True])
 @pytest.mark.parametrize("pad", [0, 3])
@@ -72,6 +65,7 @@ def test_result_does_not_alias_the_message():
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16"])
 def test_rgb_from_colour_encodings(encoding):
     rgb = RNG.integers(0, 255, size=(6, 9, 3), endpoint=True, dtype=np.uint8)
+    rgb[0, 0] = 255  # full range: mono16's brightest pixel maps to 255
     source = {"rgb8": rgb, "bgr8": rgb[..., ::-1],
               "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]),
               "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 7, np.uint8)]),
@@ -80,6 +74,21 @@ def test_rgb_from_colour_encodings(encoding):
     got = rgb_from_image(raw_image(np.ascontiguousarray(source), encoding, big_endian=True, pad=1))
     assert got.dtype == np.uint8 and got.shape == (6, 9, 3)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_mono16_of_any_bit_depth_uses_the_whole_8_bit_range(bits):
+    """A 10- or 12-bit infrared image must not come out almost black (its top 8 of 16 bits are ~0)."""
+    grey = RNG.integers(0, 2**bits - 1, size=(8, 8), endpoint=True, dtype=np.uint16)
+    grey[0, 0] = 2**bits - 1
+    got = rgb_from_image(raw_image(grey, "mono16", big_endian=False, pad=0))
+    np.testing.assert_array_equal(got[..., 0], np.round(grey * (255 / (2**bits - 1))).astype(np.uint8))
+    assert got[0, 0, 0] == 255
+
+
+def test_mono16_dark_frame_is_not_stretched():
+    grey = np.full((4, 4), 40, dtype=np.uint16)
+    assert (rgb_from_image(raw_image(grey, "mono16", big_endian=False, pad=0)) == 40).all()
 
 
 @pytest.mark.parametrize("encoding", ["16UC1", "32FC1", "yuv422", "8UC3", "bayer_rggb8", ""])

@@ -1,6 +1,6 @@
 """The ROS 2 layer: the ``affordance_grounding`` node and the pure helpers it is built from.
 
-* ``conversions``: sensor_msgs/Image <-> numpy (cv_bridge when it imports, exact numpy otherwise)
+* ``conversions``: sensor_msgs/Image <-> numpy, exact and strict
 * ``geometry``: depth images in metres, window medians, pinhole deprojection
 * ``prompts``: parsing ``"cut with; pour"`` into a bounded list of prompts
 * ``params``: the parameter table, its descriptors and its one validation function

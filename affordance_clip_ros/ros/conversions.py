@@ -4,8 +4,9 @@
 height, step, data length) before looking at a single pixel, so a malformed message gives a
 clean :class:`ImageConversionError` (a ``ValueError``) naming what is wrong, never a garbage
 array or a crash. Row padding (``step`` > width * pixel size) is dropped and multi-byte pixels
-are read in the byte order ``is_bigendian`` says. cv_bridge is used when it imports (a real ROS
-install), after the same checks; otherwise numpy does the conversion.
+are read in the byte order ``is_bigendian`` says. numpy does the conversion on every install
+(cv_bridge is not used: it shears rgb8 rows whose step is not a multiple of 3 bytes and fails on
+big-endian 16-bit images with numpy 2).
 
 Encodings (sensor_msgs/image_encodings.hpp names):
 
@@ -17,7 +18,7 @@ bgr8       uint8    3         colour image, overlay output
 rgba8      uint8    4         colour image (alpha dropped)
 bgra8      uint8    4         colour image (alpha dropped)
 mono8      uint8    1         grey image (replicated to RGB)
-mono16     uint16   1         grey image (top 8 bits used)
+mono16     uint16   1         grey image (brightest pixel -> 255)
 16UC1      uint16   1         depth, millimetres
 32FC1      float32  1         depth in metres, heatmap output
 =========  =======  ========  =====================================
@@ -30,15 +31,6 @@ from typing import NamedTuple
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-
-try:  # a real ROS install; the PyPI "cv-bridge" is a broken ROS 1 fork and is not used
-    from cv_bridge import CvBridge
-
-    _BRIDGE = CvBridge()
-except ImportError:  # pragma: no cover - depends on the installation
-    _BRIDGE = None
-
-BACKEND = "cv_bridge" if _BRIDGE is not None else "numpy"
 
 
 class ImageConversionError(ValueError):
@@ -100,9 +92,6 @@ def image_to_numpy(msg: Image) -> np.ndarray:
     shape = (height, width) if enc.channels == 1 else (height, width, enc.channels)
     if height == 0 or width == 0:
         return np.zeros(shape, dtype=enc.dtype)
-    if _BRIDGE is not None:  # pragma: no cover - only on a real ROS install
-        array = np.asarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
-        return np.ascontiguousarray(array.reshape(shape), dtype=enc.dtype)
     big_endian = bool(msg.is_bigendian) and enc.dtype.itemsize > 1
     wire = enc.dtype.newbyteorder(">" if big_endian else "<")
     rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(height, step)
@@ -130,8 +119,9 @@ def rgb_from_image(msg: Image) -> np.ndarray:
         return np.ascontiguousarray(array[..., :3])
     if encoding == "bgra8":
         return np.ascontiguousarray(array[..., 2::-1])
-    if encoding == "mono16":
-        array = (array >> 8).astype(np.uint8)
+    if encoding == "mono16":  # 10-, 12- and 16-bit sensors alike: the brightest pixel becomes 255
+        scale = 255.0 / max(int(array.max(initial=0)), 255)
+        array = np.round(array * scale).astype(np.uint8)
     return np.repeat(array[..., None], 3, axis=2)
 
 
