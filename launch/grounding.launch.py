@@ -5,14 +5,20 @@
         depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info
     ros2 topic pub --once /affordance/query std_msgs/msg/String "{data: 'cut with'}"
 
-Parameters come from params_file (default: the package's config/grounding.yaml); the arguments
-below override it. By default the node runs with the package's Fast DDS profile (shared memory
-+ 4 MB UDP buffers, see config/fastdds_profile.xml) so best-effort camera images between
-processes are not lost; use_fastdds_profile:=false keeps the environment's DDS configuration.
-Give the camera driver the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
+Parameters come from params_file (default: the package's config/grounding.yaml). The arguments
+use_depth, device, clip_pretrained and fpn_checkpoint override it only when given; left empty,
+the file's values stand.
+
+use_fastdds_profile: auto (default) runs the node with the package's Fast DDS profile (shared
+memory + 4 MB UDP buffers, see config/fastdds_profile.xml), so best-effort camera images between
+processes are not lost, unless FASTDDS_DEFAULT_PROFILES_FILE is already set (a robot's own
+profile is kept); true always uses the package's profile, false never. Give the camera driver
+the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
 """
+import os
+
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -28,61 +34,71 @@ ARGUMENTS = (
      "depth registered to the colour image (16UC1 mm or 32FC1 m); used when use_depth is true"),
     ("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour image; used when use_depth is true"),
     ("query_topic", "/affordance/query", "std_msgs/String prompts, several separated by ';'"),
-    ("use_depth", "false", "publish 3D contact points and markers from depth + camera_info"),
-    ("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
-    ("clip_pretrained", "openai", "CLIP weights: openai (from the cache), a file path, or none (random, tests)"),
-    ("fpn_checkpoint", "", "trained FPN .safetensors; empty = training-free dense CLIP head"),
+    ("use_depth", "", "true: publish 3D contact points and markers from depth + camera_info "
+     "(empty: params_file's value)"),
+    ("device", "", "auto (CUDA when present), cpu, cuda or cuda:N (empty: params_file's value)"),
+    ("clip_pretrained", "", "CLIP weights: openai (from the cache), a file path, or none (random, tests) "
+     "(empty: params_file's value)"),
+    ("fpn_checkpoint", "", "trained FPN .safetensors (empty: params_file's value; the packaged file has none, "
+     "which means the training-free dense CLIP head)"),
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
-     "YAML parameter file loaded before the arguments above"),
+     "YAML parameter file; the four arguments above override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
-    ("use_fastdds_profile", "true", "run the node with config/fastdds_profile.xml (shared memory, big buffers)"),
+    ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
+     "auto = unless FASTDDS_DEFAULT_PROFILES_FILE is set, true, false"),
 )
+# Arguments that override params_file when not empty, with their parameter types.
+PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str}
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 
 
 def generate_launch_description() -> LaunchDescription:
-    config = {name: LaunchConfiguration(name) for name, _, _ in ARGUMENTS}
-    share = FindPackageShare(PACKAGE)
-    fastdds_profile = PathJoinSubstitution([share, "config", "fastdds_profile.xml"])
-    rviz_config = PathJoinSubstitution([share, "config", "grounding.rviz"])
+    return LaunchDescription([
+        *[DeclareLaunchArgument(name, default_value=default, description=text) for name, default, text in ARGUMENTS],
+        OpaqueFunction(function=_launch_setup),
+    ])
 
+
+def _launch_setup(context) -> list:
+    """The actions, once the arguments' values are known."""
+    value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    share = FindPackageShare(PACKAGE)
+    overrides = {name: ParameterValue(value[name], value_type=kind)
+                 for name, kind in PARAMETER_ARGUMENTS.items() if value[name]}
     node = Node(
         package=PACKAGE,
         executable="grounding_node",
         name="affordance_grounding",
-        namespace=config["namespace"],
+        namespace=value["namespace"],
         output="screen",
         emulate_tty=True,
-        parameters=[
-            config["params_file"],
-            {
-                "use_depth": ParameterValue(config["use_depth"], value_type=bool),
-                "device": ParameterValue(config["device"], value_type=str),
-                "clip_pretrained": ParameterValue(config["clip_pretrained"], value_type=str),
-                "fpn_checkpoint": ParameterValue(config["fpn_checkpoint"], value_type=str),
-            },
-        ],
+        parameters=[value["params_file"], overrides],
         remappings=[
-            ("image", config["image_topic"]),
-            ("depth", config["depth_topic"]),
-            ("camera_info", config["camera_info_topic"]),
-            ("/affordance/query", config["query_topic"]),
+            ("image", value["image_topic"]),
+            ("depth", value["depth_topic"]),
+            ("camera_info", value["camera_info_topic"]),
+            ("/affordance/query", value["query_topic"]),
         ],
     )
     rviz = Node(
         package="rviz2",
         executable="rviz2",
         name="affordance_rviz",
-        namespace=config["namespace"],
-        arguments=["-d", rviz_config],
-        condition=IfCondition(config["rviz"]),
+        namespace=value["namespace"],
+        arguments=["-d", PathJoinSubstitution([share, "config", "grounding.rviz"])],
+        condition=IfCondition(value["rviz"]),
         output="log",
     )
-    return LaunchDescription([
-        *[DeclareLaunchArgument(name, default_value=default, description=text) for name, default, text in ARGUMENTS],
-        # Applies to the processes started after it (the node, RViz).
-        SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", fastdds_profile,
-                               condition=IfCondition(config["use_fastdds_profile"])),
-        node,
-        rviz,
-    ])
+    environment = getattr(context, "environment", os.environ)  # launch < Humble: os.environ itself
+    profile = []  # applies to the processes started after it (the node, RViz)
+    if _use_package_profile(value["use_fastdds_profile"], PROFILE_VARIABLE in environment):
+        profile = [SetEnvironmentVariable(PROFILE_VARIABLE, PathJoinSubstitution([share, "config",
+                                                                                  "fastdds_profile.xml"]))]
+    return [*profile, node, rviz]
+
+
+def _use_package_profile(choice: str, already_set: bool) -> bool:
+    if choice not in ("auto", "true", "false"):
+        raise ValueError(f"use_fastdds_profile must be auto, true or false, got '{choice}'")
+    return choice == "true" or (choice == "auto" and not already_set)

@@ -53,65 +53,20 @@ def _calls(node: ast.AST, name: str) -> list[ast.Call]:
             and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
 
 
-def _kw(call: ast.Call, name: str) -> ast.AST | None:
-    return next((k.value for k in call.keywords if k.arg == name), None)
-
-
-def _config_refs(node: ast.AST) -> set[str]:
-    """Argument names read as config["name"] (LaunchConfiguration) inside ``node``."""
-    refs = {n.slice.value for n in ast.walk(node) if isinstance(n, ast.Subscript)
-            and getattr(n.value, "id", None) == "config" and isinstance(n.slice, ast.Constant)}
-    refs |= {c.args[0].value for c in _calls(node, "LaunchConfiguration")
-             if c.args and isinstance(c.args[0], ast.Constant)}
-    return refs
-
-
 def _arguments(tree: ast.Module) -> dict[str, ast.AST]:
     assign = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGUMENTS")
     return {elt.elts[0].value: elt.elts[1] for elt in assign.value.elts}
-
-
-def _node_call(tree: ast.Module, executable: str) -> ast.Call:
-    [call] = [c for c in _calls(tree, "Node") if isinstance(_kw(c, "executable"), ast.Constant)
-              and _kw(c, "executable").value == executable]
-    return call
 
 
 def test_declares_exactly_the_issue_arguments(tree):
     args = _arguments(tree)
     assert set(args) == EXPECTED_ARGUMENTS
     assert len(_calls(tree, "DeclareLaunchArgument")) == 1  # one loop over ARGUMENTS declares them all
-    assert ast.literal_eval(args["use_fastdds_profile"]) == "true"  # on by default (DESIGN.md section 5)
+    assert ast.literal_eval(args["use_fastdds_profile"]) == "auto"  # unless the robot has its own profile
     assert ast.literal_eval(args["rviz"]) == "false"
     assert ast.literal_eval(args["query_topic"]) == grounding_node.QUERY_TOPIC
-
-
-def test_every_argument_reaches_the_node(tree):
-    node = _node_call(tree, "grounding_node")
-    assert _kw(node, "package").id == "PACKAGE" and ast.literal_eval(_kw(node, "name")) == grounding_node.NODE_NAME
-    # remappings: (node's own topic name, argument)
-    remaps = {ast.literal_eval(t.elts[0]): _config_refs(t.elts[1]) for t in _kw(node, "remappings").elts}
-    assert remaps == {topic: {arg} for arg, topic in TO_NODE_REMAP.items()}
-    # parameters: the params file first, then a dict of typed overrides
-    [params_file, overrides] = _kw(node, "parameters").elts
-    assert _config_refs(params_file) == {"params_file"}
-    for key, value in zip(overrides.keys, overrides.values):
-        name = ast.literal_eval(key)
-        assert name in params.SPECS, f"launch sets unknown parameter {name}"
-        assert isinstance(value, ast.Call) and value.func.id == "ParameterValue"
-        assert _config_refs(value) == {name}
-        assert _kw(value, "value_type").id == TO_NODE_PARAM[name].__name__
-        assert type(params.SPECS[name].default) is TO_NODE_PARAM[name]
-    assert {ast.literal_eval(k) for k in overrides.keys} == set(TO_NODE_PARAM)
-    assert _config_refs(_kw(node, "namespace")) == {"namespace"}
-    # the two that act outside the node's own arguments
-    rviz = _node_call(tree, "rviz2")
-    assert _config_refs(_kw(rviz, "condition")) == {"rviz"}
-    [env] = _calls(tree, "SetEnvironmentVariable")
-    assert ast.literal_eval(env.args[0]) == "FASTDDS_DEFAULT_PROFILES_FILE"
-    assert _config_refs(_kw(env, "condition")) == {"use_fastdds_profile"}
-    used = _config_refs(node) | {"rviz", "use_fastdds_profile"}
-    assert used == EXPECTED_ARGUMENTS
+    for name in TO_NODE_PARAM:  # empty: the params file decides
+        assert ast.literal_eval(args[name]) == "", name
 
 
 def test_every_file_it_names_is_installed(tree):
@@ -133,8 +88,14 @@ class _Recorded:
         self.args, self.kwargs = args, kwargs
 
 
+class _LaunchConfiguration(_Recorded):
+    def perform(self, context) -> str:
+        return context.launch_configurations[self.args[0]]
+
+
 def _stand_in_modules() -> dict[str, types.ModuleType]:
-    names = {"launch": ["LaunchDescription"], "launch.actions": ["DeclareLaunchArgument", "SetEnvironmentVariable"],
+    names = {"launch": ["LaunchDescription"],
+             "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"],
              "launch.conditions": ["IfCondition"],
              "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution"],
              "launch_ros.actions": ["Node"], "launch_ros.descriptions": ["ParameterValue"],
@@ -143,25 +104,88 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     for module, classes in names.items():
         mod = types.ModuleType(module)
         for cls in classes:
-            setattr(mod, cls, type(cls, (_Recorded,), {}))
+            setattr(mod, cls, _LaunchConfiguration if cls == "LaunchConfiguration" else type(cls, (_Recorded,), {}))
         modules[module] = mod
     return modules
 
 
-def test_generate_launch_description_runs(monkeypatch):
+@pytest.fixture
+def launch_file(monkeypatch) -> dict:
+    """The launch file's namespace, run against the stand-ins."""
     for name, module in _stand_in_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     namespace: dict = {}
     exec(compile(LAUNCH.read_text(), str(LAUNCH), "exec"), namespace)
-    description = namespace["generate_launch_description"]()
-    [entities] = description.args
+    return namespace
+
+
+def _launch(launch_file: dict, environment: dict | None = None, **given: str) -> dict[str, list]:
+    """Run the description as `ros2 launch ... name:=value` would: declared defaults, then
+    ``given``; returns the actions it starts, by kind."""
+    [entities] = launch_file["generate_launch_description"]().args
+    declared = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
+    [setup] = [e for e in entities if type(e).__name__ == "OpaqueFunction"]
+    context = types.SimpleNamespace(launch_configurations={**declared, **given}, environment=environment or {})
+    actions: dict[str, list] = {}
+    for action in setup.kwargs["function"](context):
+        actions.setdefault(type(action).__name__, []).append(action)
+    return actions
+
+
+def test_generate_launch_description_declares_every_argument(launch_file):
+    [entities] = launch_file["generate_launch_description"]().args
     declared = [e for e in entities if type(e).__name__ == "DeclareLaunchArgument"]
     assert {d.args[0] for d in declared} == EXPECTED_ARGUMENTS
     assert all(d.kwargs.get("description") for d in declared)
-    nodes = {e.kwargs["executable"]: e for e in entities if type(e).__name__ == "Node"}
+
+
+def test_every_argument_reaches_the_node(launch_file):
+    given = {"image_topic": "/cam/rgb", "depth_topic": "/cam/depth", "camera_info_topic": "/cam/info",
+             "query_topic": "/robot/query", "use_depth": "true", "device": "cuda:1", "clip_pretrained": "/w.bin",
+             "fpn_checkpoint": "/fpn.safetensors", "params_file": "/robot/params.yaml", "namespace": "arm",
+             "rviz": "true", "use_fastdds_profile": "true"}
+    actions = _launch(launch_file, **given)
+    nodes = {n.kwargs["executable"]: n for n in actions["Node"]}
     assert set(nodes) == {"grounding_node", "rviz2"}
-    assert nodes["grounding_node"].kwargs["package"] == PKG
-    assert nodes["rviz2"].kwargs["arguments"][0] == "-d"
+    node = nodes["grounding_node"].kwargs
+    assert node["package"] == PKG and node["name"] == grounding_node.NODE_NAME and node["namespace"] == "arm"
+    assert dict(node["remappings"]) == {topic: given[arg] for arg, topic in TO_NODE_REMAP.items()}
+    params_file, overrides = node["parameters"]
+    assert params_file == "/robot/params.yaml"  # first: the arguments given override it
+    assert set(overrides) == set(TO_NODE_PARAM)
+    for name, value in overrides.items():
+        assert value.args == (given[name],) and value.kwargs["value_type"] is TO_NODE_PARAM[name]
+        assert type(params.SPECS[name].default) is TO_NODE_PARAM[name]
+    rviz = nodes["rviz2"].kwargs
+    assert rviz["namespace"] == "arm" and rviz["arguments"][0] == "-d" and rviz["condition"].args == ("true",)
+    [profile] = actions["SetEnvironmentVariable"]
+    assert profile.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+
+
+def test_parameters_not_given_come_from_the_params_file(launch_file):
+    """A robot's YAML with use_depth: true or its own weights must not be overridden by defaults."""
+    [node] = [n for n in _launch(launch_file)["Node"] if n.kwargs["executable"] == "grounding_node"]
+    params_file, overrides = node.kwargs["parameters"]
+    assert overrides == {}
+    assert type(params_file).__name__ == "PathJoinSubstitution"  # the package's config/grounding.yaml
+    [node] = [n for n in _launch(launch_file, use_depth="true")["Node"]
+              if n.kwargs["executable"] == "grounding_node"]
+    assert set(node.kwargs["parameters"][1]) == {"use_depth"}
+
+
+@pytest.mark.parametrize("choice, already_set, applied", [
+    ("auto", False, True), ("auto", True, False), ("true", True, True), ("false", False, False)])
+def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choice, already_set, applied):
+    environment = {"FASTDDS_DEFAULT_PROFILES_FILE": "/robot/fleet.xml"} if already_set else {}
+    actions = _launch(launch_file, environment, use_fastdds_profile=choice)
+    assert bool(actions.get("SetEnvironmentVariable")) == applied
+    first = next(iter(actions))
+    assert first == ("SetEnvironmentVariable" if applied else "Node")  # before the node starts
+
+
+def test_fastdds_profile_argument_refuses_other_values(launch_file):
+    with pytest.raises(ValueError, match="use_fastdds_profile must be auto, true or false"):
+        _launch(launch_file, use_fastdds_profile="yes")
 
 
 # --- config files ------------------------------------------------------------------------------
