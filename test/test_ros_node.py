@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 
 import numpy as np
@@ -20,10 +21,12 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_r
 
 import skimage.data  # noqa: E402
 from rclpy.qos import ReliabilityPolicy  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from affordance_clip_ros.ros import harness  # noqa: E402
 from affordance_clip_ros.ros.conversions import image_to_numpy  # noqa: E402
+from affordance_clip_ros.ros.frames import stamp_ns  # noqa: E402
 
 if not harness.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
@@ -189,6 +192,32 @@ def test_rgbd_motorcycle_contact_points_are_deprojected_depth(grounding, encodin
             pytest.approx((best.point.x, best.point.y, best.point.z))
 
 
+def test_3d_points_use_the_depth_of_their_own_capture_while_depth_streams_on(grounding):
+    """Depth images that keep arriving while the model runs (a 90 Hz depth stream, a slow model)
+    must not replace a frame's own depth: its points come from the depth image with its stamp."""
+    node, client = grounding
+    client.set_parameters(prompts="ride", num_peaks=3, peak_threshold=0.0)
+    left, _, info = harness.motorcycle_rgbd()
+    own, later = np.full(left.shape[:2], 1.0, np.float32), np.full(left.shape[:2], 2.0, np.float32)
+    client.clear()
+    depths: list[float] = []
+    deadline = time.monotonic() + 30
+    while len(depths) < 3 and time.monotonic() < deadline:
+        header = client.header(frame_id="depth_burst")
+        info.header = header
+        client.publish_camera_info(info)
+        client.publish_depth(own, header, "32FC1")
+        client.publish_image(left, header)
+        for k in range(1, 41):  # 40 newer depth images, all within max_depth_age of the frame
+            client.publish_depth(later, client.header(stamp_ns=stamp_ns(header.stamp) + k * 1_000_000,
+                                                      frame_id="depth_burst"), "32FC1")
+            time.sleep(0.005)
+        if found := client.wait_for(lambda: results_for(client, header), 5.0):
+            depths += [p.point.z for m in found[0].maps for p in m.peaks if p.has_point]
+    assert depths, node.log()
+    assert depths == pytest.approx([1.0] * len(depths)), depths
+
+
 # --- run-time prompts and parameters -----------------------------------------------------------
 
 def test_prompt_changes_on_the_topic_and_the_parameter(grounding, coffee):
@@ -203,6 +232,70 @@ def test_prompt_changes_on_the_topic_and_the_parameter(grounding, coffee):
     got = stream_and_collect(client, coffee, "prompt_param", lambda rs: any(
         [m.prompt for m in r.maps] == ["pour", "hold"] for r in rs))
     assert got, node.log()
+
+
+def test_prompts_from_a_default_qos_publisher_are_taken_once(grounding):
+    """A planner's `create_publisher(String, "/affordance/query", 10)` (reliable, volatile) cannot
+    match the transient_local subscription; it is heard all the same, and a latched publisher's
+    message, which reaches both query subscriptions, is taken once."""
+    node, client = grounding
+    plain = client.node.create_publisher(String, client.query_topic, 10)
+    try:
+        assert client.wait_for(lambda: plain.get_subscription_count() >= 1, 10.0)
+        plain.publish(String(data="pour into"))
+        assert prompts_become(client, "pour into"), node.log()
+        client.publish_prompt("twist off")  # transient_local
+        assert prompts_become(client, "twist off"), node.log()
+        time.sleep(0.5)  # a second delivery would have been logged by now
+        log = node.log()
+        assert log.count("prompts: pour into") == 1 and log.count("prompts: twist off") == 1, log[-2000:]
+        assert "incompatible QoS" not in log
+    finally:
+        client.node.destroy_publisher(plain)
+
+
+def prompts_become(client, text: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while client.get_parameters("prompts")["prompts"] != text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def test_clearing_the_prompts_while_frames_stream_fails_nothing_and_clears_the_markers(grounding):
+    node, client = grounding
+    client.set_parameters(prompts="ride", num_peaks=3, peak_threshold=0.0)
+    left, depth, info = harness.motorcycle_rgbd()
+    got = stream_and_collect(client, left, "clearing", lambda rs: any(has_markers(ma) for ma in client.markers),
+                             depth=(depth, "32FC1"), info=info)
+    assert got, node.log()
+    failed = client.counter("frames_failed")
+    stop = threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            client.publish_frame(left, (depth, "32FC1"), info, "clearing")
+            time.sleep(0.02)
+    streamer = threading.Thread(target=stream)
+    streamer.start()
+    try:
+        time.sleep(0.5)
+        [ok] = client.set_parameters(prompts="")
+        assert ok.successful
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        streamer.join()
+    with client.lock:
+        assert all(r.maps for r in client.results), "a result without maps was published"
+        last = client.markers[-1]
+    assert [m.action for m in last.markers] == [Marker.DELETEALL]  # RViz shows nothing stale
+    assert client.counter("frames_failed") == failed, node.log()[-2000:]
+
+
+def has_markers(array) -> bool:
+    return any(m.action == Marker.ADD for m in array.markers)
 
 
 def test_invalid_parameters_are_refused_with_a_reason(grounding):

@@ -78,7 +78,7 @@ def _depth_msg(stamp_ns: int) -> Image:
 
 
 def test_depth_buffer_nearest_within_age_and_waits_for_a_late_one():
-    buffer = DepthBuffer(maxlen=3)
+    buffer = DepthBuffer(max_items=3)
     for t in (1_000, 2_000, 3_000):
         buffer.add(_depth_msg(t * 10**6))
     assert buffer.nearest(2_100 * 10**6, 0.2) .header.stamp.sec == 2
@@ -90,6 +90,22 @@ def test_depth_buffer_nearest_within_age_and_waits_for_a_late_one():
     start = time.monotonic()
     assert buffer.nearest(5_000 * 10**6, 0.01, wait_s=2.0).header.stamp.sec == 5
     assert time.monotonic() - start < 1.5
+
+
+def test_depth_buffer_keeps_what_a_waiting_frame_needs_however_fast_depth_streams():
+    """Kept by the colour frames' stamps, not by count: 50 later depth images do not push out the
+    one a frame still waiting for the model needs; a newer colour frame lets the old ones go."""
+    buffer = DepthBuffer()
+    buffer.add(_depth_msg(1_000 * 10**6))
+    for k in range(1, 51):
+        buffer.add(_depth_msg((1_000 + k) * 10**6))
+    assert buffer.nearest(1_000 * 10**6, 0.1).header.stamp.nanosec == 0  # still the exact twin
+    buffer.forget_before(1_030 * 10**6)
+    assert len(buffer) == 21 and buffer.nearest(1_000 * 10**6, 0.1).header.stamp.nanosec == 30 * 10**6
+    small = DepthBuffer(max_items=4)  # no colour frames at all: memory stays bounded
+    for k in range(10):
+        small.add(_depth_msg(k))
+    assert len(small) == 4
 
 
 class _Logger:
@@ -207,6 +223,37 @@ def test_depth_without_camera_info_gives_no_3d(robust):
     assert result is not None and not has_3d(result)
     assert counters(client)["frames_without_3d"] > before
     assert node.wait_for_log("no CameraInfo received", 5)
+    assert client.wait_for(lambda: any(d["_level"] == 1 and "without 3D points" in d["_message"]
+                                       for d in client.diagnostics), 3.0), client.diagnostics[-3:]
+
+
+def test_depth_of_another_camera_frame_is_used_with_a_warning(robust):
+    """Depth not registered to the colour image (another frame_id) gives wrong points: say so."""
+    node, client = robust
+    assert all(r.successful for r in client.set_parameters(prompts="ride"))
+    left, depth, info = harness.motorcycle_rgbd()
+    client.clear()
+
+    def publish_capture() -> None:
+        header = client.header(frame_id="colour_optical")
+        info.header = header
+        client.publish_camera_info(info)
+        client.publish_depth(depth, Header(stamp=header.stamp, frame_id="depth_optical"), "32FC1")
+        client.publish_image(left, header)
+    deadline = time.monotonic() + 30
+    while not any(r.header.frame_id == "colour_optical" for r in client.results) and time.monotonic() < deadline:
+        publish_capture()
+        client.wait_for(lambda: client.results, 0.25)
+    assert node.wait_for_log("depth is in 'depth_optical' but the image is in 'colour_optical'", 5), node.log()[-2000:]
+
+
+def test_diagnostics_warn_when_the_camera_goes_silent(robust):
+    """Prompts set, outputs subscribed, but no image for 5 s (camera unplugged, wrong remapping): WARN."""
+    node, client = robust
+    assert all(r.successful for r in client.set_parameters(prompts="hold"))
+    client.clear()
+    assert client.wait_for(lambda: any(d["_level"] == 1 and "no image on" in d["_message"]
+                                       for d in client.diagnostics), 10.0), client.diagnostics[-2:]
 
 
 def test_bad_depth_and_camera_info_give_no_3d_then_recover(robust):

@@ -2,7 +2,7 @@
 
 * :class:`LatestSlot`: holds the newest unprocessed frame; a new frame replaces an older one
   (and is counted), so the worker always takes the newest and callbacks never wait.
-* :class:`DepthBuffer`: the last few depth images, matched to a colour image by stamp.
+* :class:`DepthBuffer`: depth images waiting for their colour image, matched by stamp.
 * :class:`FrameStats`: counters and latency samples for /diagnostics.
 * :class:`ThrottledLog`: at most one message per reason and period, with a count of the rest.
 """
@@ -63,21 +63,36 @@ class LatestSlot:
 
 
 class DepthBuffer:
-    """The most recent depth images, looked up by the stamp nearest to a colour image's.
+    """Depth images waiting for their colour image, looked up by the stamp nearest to a colour
+    image's.
 
     Colour and depth of one capture travel on two topics and may arrive in either order, so
     :meth:`nearest` waits (briefly, up to ``wait_s``) for a depth image at or after the colour
-    stamp when the newest one held is older and depth is streaming.
+    stamp when the newest one held is older and depth is streaming. What is kept depends on the
+    colour images, not on a count: :meth:`forget_before` (called with each colour image's stamp
+    minus the largest stamp difference allowed) drops depth no later colour image can use, so
+    the depth of a frame waiting for the model stays, however fast depth streams. ``max_items``
+    only bounds memory while no colour images arrive.
     """
 
-    def __init__(self, maxlen: int = 8):
+    def __init__(self, max_items: int = 64):
         self._cond = threading.Condition()
-        self._items: collections.deque = collections.deque(maxlen=maxlen)  # (stamp_ns, msg, received)
+        self._items: collections.deque = collections.deque(maxlen=max_items)  # (stamp_ns, msg, received)
 
     def add(self, msg) -> None:
         with self._cond:
             self._items.append((stamp_ns(msg.header.stamp), msg, time.monotonic()))
             self._cond.notify_all()
+
+    def forget_before(self, oldest_ns: int) -> None:
+        """Drop the depth images stamped before ``oldest_ns``."""
+        with self._cond:
+            self._items = collections.deque((item for item in self._items if item[0] >= oldest_ns),
+                                            maxlen=self._items.maxlen)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
 
     def nearest(self, target_ns: int, max_age_s: float, wait_s: float = 0.0):
         """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None."""

@@ -39,8 +39,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from ..model.checkpoint import CheckpointError
@@ -60,6 +61,9 @@ from .prompts import join_prompts, parse_prompts
 NODE_NAME = "affordance_grounding"
 QUERY_TOPIC = "/affordance/query"
 QUERY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# A second query subscription for publishers with the default QoS (reliable, volatile), which the
+# transient_local one cannot match; a message that reaches both is taken once.
+QUERY_LIVE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 # image_qos: sensor_data = SensorDataQoS (best effort, volatile) and reliable = the same but
 # reliable, both with a queue of 1: the node only ever processes the newest frame, a deeper
 # queue would only add latency and memory (Fast DDS keeps a buffer of the largest message seen
@@ -75,6 +79,7 @@ LOG_PERIOD_S = 5.0
 # Colour and depth of one capture arrive on two topics in either order: while depth is streaming,
 # wait this long at most for the depth image of a colour frame that is newer than all depth held.
 DEPTH_WAIT_S = 0.3
+IMAGE_SILENCE_WARN_S = 5.0  # prompts set, outputs subscribed, no image for this long: /diagnostics WARN
 SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
@@ -95,15 +100,18 @@ class GroundingNode(Node):
         self._slot = LatestSlot()
         self._depth = DepthBuffer()
         self._camera_info: CameraInfo | None = None
+        self._marker_frame = ""  # frame_id of the last markers published
+        self._newest_query: dict[str, tuple[int, int]] = {}  # publisher -> (sequence, source stamp) taken last
         self._worker: threading.Thread | None = None
-        self._last_problems = 0
+        self._counts_seen: dict[str, int] = {}  # counters at the last /diagnostics
+        self._last_image_at = time.monotonic()
 
         # What may run in parallel (executor threads, plus the inference worker thread):
         # - sensors (reentrant): image, depth and camera_info callbacks, also with each other;
         #   they only store the message (LatestSlot, DepthBuffer and FrameStats lock; the
         #   CameraInfo is one reference assignment), so a depth or camera_info message of a
         #   capture never waits behind the image callback of the same capture.
-        # - query: the prompt subscription, alone; it sets the `prompts` parameter.
+        # - query: the two prompt subscriptions, one at a time; they set the `prompts` parameter.
         # - timers: /diagnostics and image-QoS matching, one at a time; they read counters.
         # - the node's default group: the parameter services.
         # Parameter changes may come from the query and the services at once: the settings
@@ -120,7 +128,10 @@ class GroundingNode(Node):
         self._outputs = (self._pub_result, self._pub_heatmap, self._pub_overlay, self._pub_contact,
                          self._pub_markers)
 
-        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS, callback_group=query)
+        volatile_ok = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)  # the live one takes them
+        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS, callback_group=query,
+                                 event_callbacks=volatile_ok)
+        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS, callback_group=query)
         self._sensor_subs: dict[str, tuple] = {}  # topic -> (subscription, reliability, msg type, callback)
         self._subscribe_sensor("image", Image, self._on_image, sensors)
         if self.settings.use_depth:
@@ -170,9 +181,23 @@ class GroundingNode(Node):
             self.settings = self.settings.updated({p.name: p.value for p in parameters})
         if any(p.name == "prompts" for p in parameters):
             self.get_logger().info(f"prompts: {join_prompts(self.settings.prompts) or '(none: idle)'}")
+            if not self.settings.prompts and self.settings.use_depth:
+                self._clear_markers()
+
+    def _clear_markers(self) -> None:
+        """Going idle: remove the last frame's markers from RViz rather than leave them as if current."""
+        header = Header(frame_id=self._marker_frame, stamp=self.get_clock().now().to_msg())
+        self._pub_markers.publish(marker_array(header, [], []))
 
     # ------------------------------------------------------------------ inputs (executor threads)
-    def _on_query(self, msg: String) -> None:
+    def _on_query(self, msg: String, info: MessageInfo) -> None:
+        # Each message may come through both query subscriptions, in any interleaving: take only
+        # what is newer than the last one taken from its publisher, so the newest prompt wins.
+        publisher = str(info.get("publisher_gid"))
+        order = (info.get("publication_sequence_number") or 0, info["source_timestamp"])
+        if order <= self._newest_query.get(publisher, (-1, -1)):
+            return
+        self._newest_query[publisher] = order
         parsed = parse_prompts(msg.data)
         for note in parsed.notes:
             self.get_logger().warning(f"{QUERY_TOPIC}: {note}")
@@ -185,6 +210,8 @@ class GroundingNode(Node):
 
     def _on_image(self, msg: Image) -> None:
         self.stats.count("received")
+        if self.settings.use_depth:  # depth older than this frame's pairing window is of no use any more
+            self._depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
         if not self.settings.prompts or not self._has_listeners():
             self.stats.count("idle")
             why = "no prompts" if not self.settings.prompts else "nobody subscribes to the outputs"
@@ -246,6 +273,9 @@ class GroundingNode(Node):
             self.stats.count("rejected")
             self.throttled.warning("rejected", f"image rejected: {e}")
             return
+        if not s.prompts:  # cleared while this frame waited
+            return
+        depth = self._paired_depth(msg, s) if s.use_depth else None
         self.grounder.with_settings(**s.peak_settings())
         start = time.perf_counter()
         predictions, downscaled = predict_any_size(self.grounder, rgb, s.prompts)
@@ -254,7 +284,7 @@ class GroundingNode(Node):
             self.stats.count("downscaled")
             self.throttled.warning("downscaled",
                            f"{msg.width}x{msg.height} frame downscaled to {MAX_INFERENCE_SIDE} px for inference")
-        points = self._points_3d(msg, rgb.shape[:2], predictions, s) if s.use_depth else []
+        points = self._points_3d(msg, depth, rgb.shape[:2], predictions, s) if s.use_depth else []
         points += [None] * (len(predictions) - len(points))
         self._publish(msg.header, rgb, predictions, points, inference_ms, s)
         age_ns = self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)
@@ -262,15 +292,21 @@ class GroundingNode(Node):
         if downscaled:
             release_free_memory()
 
-    def _points_3d(self, msg: Image, shape, predictions, s: params.Settings) -> list:
+    def _paired_depth(self, msg: Image, s: params.Settings) -> tuple[Image | None, CameraInfo | None]:
+        """The depth image and CameraInfo of this frame, taken before inference: the depth images
+        that arrive while the model runs cannot push this frame's out of the buffer."""
+        return self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S), self._camera_info
+
+    def _points_3d(self, msg: Image, depth: tuple[Image | None, CameraInfo | None], shape, predictions,
+                   s: params.Settings) -> list:
         """3D points per prompt and peak, or [] (with a throttled warning) when this frame has none."""
+        depth_msg, info = depth
         try:
-            info = self._camera_info
             if info is None:
                 raise DepthError("no CameraInfo received on camera_info yet")
-            depth_msg = self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
             if depth_msg is None:
                 raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
+            self._warn_other_frame(msg, depth_msg, info)
             depth_m = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
             deprojector = Deprojector(info)
             check_frame(shape, depth_m.shape, deprojector.intrinsics)
@@ -284,6 +320,17 @@ class GroundingNode(Node):
             self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")
             return []
 
+    def _warn_other_frame(self, msg: Image, depth_msg: Image, info: CameraInfo) -> None:
+        """Depth or CameraInfo of another camera frame: the points would be wrong, so say so."""
+        image_frame = msg.header.frame_id
+        others = {name: frame for name, frame in (("depth", depth_msg.header.frame_id),
+                                                  ("camera_info", info.header.frame_id))
+                  if frame and image_frame and frame != image_frame}
+        if others:
+            listed = ", ".join(f"{name} is in '{frame}'" for name, frame in others.items())
+            self.throttled.warning("other frame", f"{listed} but the image is in '{image_frame}': depth and "
+                                   "CameraInfo must be registered to the colour image (aligned depth)")
+
     def _publish(self, header, rgb, predictions, points, inference_ms: float, s: params.Settings) -> None:
         heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
         self._pub_result.publish(result_message(header, predictions, points, inference_ms, heatmaps))
@@ -292,25 +339,20 @@ class GroundingNode(Node):
             first = predictions[0]
             overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
             self._pub_overlay.publish(numpy_to_image(overlay, "bgr8", header))
-        if s.use_depth:
+        if s.use_depth and self.settings.prompts:  # not after the prompts were cleared (markers are cleared then)
             self._pub_markers.publish(marker_array(header, predictions, points))
+            self._marker_frame = header.frame_id
             if (best := best_point(points)) is not None:
                 self._pub_contact.publish(point_stamped(header, best))
 
     # ------------------------------------------------------------------ timers
     def _publish_diagnostics(self) -> None:
         snap, s = self.stats.snapshot(), self.settings
-        problems = snap["rejected"] + snap["failed"]
-        level = DiagnosticStatus.WARN if problems > self._last_problems else DiagnosticStatus.OK
-        self._last_problems = problems
+        level, message = DiagnosticStatus.OK, self._status_line(snap, s)
+        if problems := self._problems_since_last(snap, s):
+            level, message = DiagnosticStatus.WARN, f"{message}; {'; '.join(problems)} (see the node's log)"
         if self._worker is not None and not self._worker.is_alive():
             level, message = DiagnosticStatus.ERROR, "inference worker stopped: see the node's log"
-        elif not s.prompts:
-            message = f"idle: no prompts (publish on {QUERY_TOPIC})"
-        elif snap["fps"] == 0:
-            message = "waiting for images"
-        else:
-            message = f"{snap['fps']:.1f} fps, latency p95 {snap['latency_p95_ms']:.0f} ms"
         values = dict(
             processed_fps=snap["fps"], latency_mean_ms=snap["latency_mean_ms"],
             latency_p95_ms=snap["latency_p95_ms"], inference_mean_ms=snap["inference_mean_ms"],
@@ -326,6 +368,32 @@ class GroundingNode(Node):
         self._pub_diagnostics.publish(diagnostics_message(
             self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: affordance grounding",
             values["device"], level, message, values))
+
+    @staticmethod
+    def _status_line(snap: dict, s: params.Settings) -> str:
+        if not s.prompts:
+            return f"idle: no prompts (publish on {QUERY_TOPIC})"
+        if snap["fps"] == 0:
+            return "waiting for images"
+        return f"{snap['fps']:.1f} fps, latency p95 {snap['latency_p95_ms']:.0f} ms"
+
+    def _problems_since_last(self, snap: dict, s: params.Settings) -> list[str]:
+        """What went wrong since the last /diagnostics (each makes the status WARN)."""
+        new = {name: snap[name] - self._counts_seen.get(name, 0) for name in ("received", "rejected", "failed",
+                                                                              "no_depth")}
+        self._counts_seen = {name: snap[name] for name in new}
+        now = time.monotonic()
+        if new["received"]:
+            self._last_image_at = now
+        problems = []
+        if new["rejected"] + new["failed"]:
+            problems.append(f"{new['rejected'] + new['failed']} frame(s) rejected or failed")
+        if s.use_depth and new["no_depth"]:
+            problems.append(f"{new['no_depth']} frame(s) without 3D points")
+        silent_s = now - self._last_image_at
+        if s.prompts and silent_s > IMAGE_SILENCE_WARN_S and self._has_listeners():
+            problems.append(f"no image on {self._sensor_subs['image'][0].topic_name} for {silent_s:.0f} s")
+        return problems
 
     def _subscribe_sensor(self, topic: str, msg_type, callback, group, reliability=None) -> None:
         """(Re)create a sensor subscription; image_qos decides the reliability unless given."""

@@ -343,6 +343,8 @@ class GroundingClient:
         deadline = time.monotonic() + timeout
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.02)
+        if not future.done():
+            raise TimeoutError("get_parameters did not answer")
         values = future.result().values
         return {n: Parameter.from_parameter_msg(_named(n, v)).value for n, v in zip(names, values)}
 
