@@ -64,7 +64,8 @@ def _launch_setup(context) -> list:
     """The actions, once the arguments' values are known."""
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     share = FindPackageShare(PACKAGE)
-    overrides = {name: ParameterValue(value[name], value_type=kind)
+    # launch_ros converts a substitution to value_type, but takes a plain value only when it already has that type.
+    overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=kind)
                  for name, kind in PARAMETER_ARGUMENTS.items() if value[name]}
     node = Node(
         package=PACKAGE,
@@ -95,7 +96,7 @@ def _launch_setup(context) -> list:
     if _use_package_profile(value["use_fastdds_profile"], PROFILE_VARIABLE in environment):
         profile = [SetEnvironmentVariable(PROFILE_VARIABLE, PathJoinSubstitution([share, "config",
                                                                                   "fastdds_profile.xml"]))]
-    return [*profile, node, rviz]
+    return [*profile, rviz, node]  # RViz first: when it is missing, launch stops before starting the node
 
 
 def _use_package_profile(choice: str, already_set: bool) -> bool:

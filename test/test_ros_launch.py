@@ -93,6 +93,15 @@ class _LaunchConfiguration(_Recorded):
         return context.launch_configurations[self.args[0]]
 
 
+class _ParameterValue(_Recorded):
+    """As launch_ros's: a substitution is converted to value_type later, a plain value must have it."""
+
+    def __init__(self, value, *, value_type):
+        if not isinstance(value, _LaunchConfiguration) and not isinstance(value, value_type):
+            raise TypeError(f"value={value!r} is not an instance of {value_type}")
+        super().__init__(value, value_type=value_type)
+
+
 def _stand_in_modules() -> dict[str, types.ModuleType]:
     names = {"launch": ["LaunchDescription"],
              "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"],
@@ -104,7 +113,8 @@ def _stand_in_modules() -> dict[str, types.ModuleType]:
     for module, classes in names.items():
         mod = types.ModuleType(module)
         for cls in classes:
-            setattr(mod, cls, _LaunchConfiguration if cls == "LaunchConfiguration" else type(cls, (_Recorded,), {}))
+            special = {"LaunchConfiguration": _LaunchConfiguration, "ParameterValue": _ParameterValue}
+            setattr(mod, cls, special.get(cls) or type(cls, (_Recorded,), {}))
         modules[module] = mod
     return modules
 
@@ -146,7 +156,7 @@ def test_every_argument_reaches_the_node(launch_file):
              "rviz": "true", "use_fastdds_profile": "true"}
     actions = _launch(launch_file, **given)
     nodes = {n.kwargs["executable"]: n for n in actions["Node"]}
-    assert set(nodes) == {"grounding_node", "rviz2"}
+    assert list(nodes) == ["rviz2", "grounding_node"]  # a missing RViz stops launch before the node starts
     node = nodes["grounding_node"].kwargs
     assert node["package"] == PKG and node["name"] == grounding_node.NODE_NAME and node["namespace"] == "arm"
     assert dict(node["remappings"]) == {topic: given[arg] for arg, topic in TO_NODE_REMAP.items()}
@@ -154,7 +164,8 @@ def test_every_argument_reaches_the_node(launch_file):
     assert params_file == "/robot/params.yaml"  # first: the arguments given override it
     assert set(overrides) == set(TO_NODE_PARAM)
     for name, value in overrides.items():
-        assert value.args == (given[name],) and value.kwargs["value_type"] is TO_NODE_PARAM[name]
+        [configuration] = value.args
+        assert configuration.args == (name,) and value.kwargs["value_type"] is TO_NODE_PARAM[name]
         assert type(params.SPECS[name].default) is TO_NODE_PARAM[name]
     rviz = nodes["rviz2"].kwargs
     assert rviz["namespace"] == "arm" and rviz["arguments"][0] == "-d" and rviz["condition"].args == ("true",)
