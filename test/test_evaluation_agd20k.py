@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from PIL import Image
 
 from affordance_clip_ros.cli import main
 from affordance_clip_ros.evaluation import AGD20KTestSet, affordance_prompt, find_testset, score_map
+from affordance_clip_ros.evaluation import agd20k as agd20k_reader
 from affordance_clip_ros.evaluation.evaluate import evaluate, subset_indices
 from affordance_clip_ros.evaluation.report import markdown, write_json
 from affordance_clip_ros.model import AffordanceFPN, AffordanceGrounder, FPNConfig, save_fpn
@@ -91,6 +93,43 @@ def test_reader_errors_show_the_expected_layout(agd20k, tmp_path):
         find_testset(agd20k / "AGD20K" / "Seen", "unseen")
     with pytest.raises(ValueError, match="unknown AGD20K split"):
         find_testset(agd20k, "test")
+
+
+def write_exif_rotated_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """``rgb`` stored as is, tagged with EXIF orientation 6 (viewers turn it 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_images_are_read_in_the_ground_truths_frame_and_a_size_mismatch_names_the_files(tmp_path):
+    testset = tmp_path / "AGD20K" / "Seen" / "testset"
+    for folder in ("egocentric", "GT"):
+        (testset / folder / "hold" / "cup").mkdir(parents=True)
+    stored = np.zeros((40, 100, 3), np.uint8)
+    stored[:, :20] = 255  # a bar on the left of the stored pixels, where the GT marks it
+    write_exif_rotated_jpeg(testset / "egocentric" / "hold" / "cup" / "a.jpg", stored)
+    cv2.imwrite(str(testset / "GT" / "hold" / "cup" / "a.png"), stored[..., 0])
+    cv2.imwrite(str(testset / "egocentric" / "hold" / "cup" / "b.jpg"), stored)
+    cv2.imwrite(str(testset / "GT" / "hold" / "cup" / "b.png"), stored[:30, :, 0])
+    test_set = AGD20KTestSet(tmp_path, "seen")
+    image, gt = test_set.load(0)
+    assert image.shape == (40, 100, 3) and gt.shape == (40, 100)  # OpenCV alone would give 100 x 40
+    assert image[:, :18].min() > 200 and image[:, 22:].max() < 50
+    with pytest.raises(ValueError, match=r"(?s)b\.jpg' is 100x40 pixels but its ground truth '.*b\.png' is 100x30"):
+        test_set.load(1)
+
+
+def test_a_split_without_the_papers_affordance_and_image_counts_is_reported(agd20k, caplog, monkeypatch):
+    test_set = AGD20KTestSet(agd20k, "seen")
+    assert not test_set.is_complete
+    assert "has 3 affordance(s) with 5 scored image(s), the paper's split has 36 with 1675" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(agd20k_reader.EXPECTED_IMAGES, "seen", 5)
+    assert not AGD20KTestSet(agd20k, "seen").is_complete and "has 3 affordance(s)" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(agd20k_reader.EXPECTED_AFFORDANCES, "seen", 3)
+    assert AGD20KTestSet(agd20k, "seen").is_complete and "affordance(s)" not in caplog.text
 
 
 def test_limit_spreads_over_the_split():

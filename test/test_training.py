@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 
@@ -24,8 +25,7 @@ from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl,
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
 from affordance_clip_ros.training.data import ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
-from affordance_clip_ros.training.train import training_dtype
-from affordance_clip_ros.training.train import plan_batches, resume_config
+from affordance_clip_ros.training.train import plan_batches, resume_config, training_dtype
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu"]
 TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu", num_workers=0)
@@ -120,6 +120,27 @@ def test_refer_reader_one_sample_per_sentence_and_masks_from_polygons_and_rle(tm
         load_refer(tmp_path, "refcocog", "umd", "testB")
 
 
+def test_refer_images_are_read_as_stored_and_resized_copies_are_left_out(tmp_path, caplog):
+    expected = write_tiny_refer(tmp_path)
+    images = tmp_path / "images" / "mscoco" / "images" / "train2014"
+    stored = cv2.cvtColor(cv2.imread(str(images / "COCO_train2014_000000000009.jpg")), cv2.COLOR_BGR2RGB)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers (and OpenCV's IMREAD_COLOR) turn it to 160 rows x 120 columns
+    Image.fromarray(stored).save(images / "COCO_train2014_000000000009.jpg", exif=exif.tobytes())
+    dataset = build_dataset("refcocog:umd", "train", 64, str(tmp_path))
+    item = dataset[0]
+    assert item["text"] == "the grey box" and item["box"].tolist() == [8, 0, 48, 64]  # the annotated 120 x 160
+    truth = letterbox_mask(expected["the grey box"], Letterbox(120, 160, 64))
+    assert (item["mask"] != truth).float().mean() < 0.01
+
+    cv2.imwrite(str(images / "COCO_train2014_000000000025.jpg"), np.zeros((70, 90, 3), np.uint8))  # 90 x 70 annotated
+    records = load_refer(tmp_path, "refcocog", "umd", "train")
+    assert [r.sentence for r in records] == ["the grey box", "box at the top left", "the crowd at the bottom right"]
+    assert ("refcocog (umd) train: 1 image file(s) differ in size from instances.json, e.g. "
+            "'" + str(images / "COCO_train2014_000000000025.jpg") + "' is 90x70 pixels but annotated at 70x90; their "
+            "1 sentence(s) are left out") in caplog.text
+
+
 def test_missing_refer_files_print_the_expected_layout(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"(?s)refcoco\+ folder.*Expected layout.*refs\(unc\)\.p.*train2014"):
         load_refer(tmp_path, "refcoco+", "unc", "train")
@@ -148,6 +169,10 @@ def test_jsonl_reader_masks_polygons_and_line_numbered_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps({"image": "a.jpg"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: needs 'image' and 'sentences'"):
         load_jsonl(tmp_path / "bad.jsonl")
+    cv2.imwrite(str(tmp_path / "small_mask.png"), mask[:30])
+    (tmp_path / "small.jsonl").write_text(json.dumps({**lines[0], "mask": "small_mask.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"small\.jsonl:1: mask '.*small_mask\.png' is 50x30 pixels but its image is"):
+        load_jsonl(tmp_path / "small.jsonl")  # at start-up, not when a worker reaches the sample
 
 
 # ----------------------------------------------------------------------------- config, plan, loss, order

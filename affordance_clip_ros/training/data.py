@@ -14,6 +14,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..image_files import read_rgb
 from ..model.letterbox import Letterbox, letterbox_batch
 
 
@@ -74,13 +75,6 @@ class Record:
 
 
 # ---------------------------------------------------------------------------------------- images
-def read_rgb(path: str) -> np.ndarray:
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image '{path}' (missing or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def letterbox_mask(mask: np.ndarray, box: Letterbox) -> torch.Tensor:
     """H x W {0, 1} mask -> (size, size) uint8 with the geometry :func:`letterbox_batch` gives the image.
 
@@ -114,7 +108,7 @@ class ReferringDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        image = read_rgb(record.image)
+        image = read_rgb(record.image)  # stored pixel layout, the frame of the annotations (EXIF ignored)
         mask = record.mask.decode(*image.shape[:2])
         pixels, [box] = letterbox_batch([torch.from_numpy(image)], self.input_size)
         top, left = box.offset
