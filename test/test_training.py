@@ -19,13 +19,14 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 
 from affordance_clip_ros.cli import main
-from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig, read_metadata
+from affordance_clip_ros.model import AffordanceGrounder, FrozenCLIP, GrounderConfig, load_fpn, read_metadata, save_fpn
 from affordance_clip_ros.model.letterbox import Letterbox
 from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl, load_refer, train
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
 from affordance_clip_ros.training.data import ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
-from affordance_clip_ros.training.train import plan_batches, resume_config, training_dtype
+from affordance_clip_ros.training.distributed import DistContext
+from affordance_clip_ros.training.train import build_fpn, plan_batches, resume_config, training_dtype
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu"]
 TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu", num_workers=0)
@@ -204,6 +205,27 @@ def test_batch_plan_accumulation_and_batchnorm_guard():
         plan_batches(TrainConfig(batch_size=10, micro_batch_size=4), 1000, 1)
 
 
+def test_ddp_on_cuda_syncs_batchnorm_and_the_checkpoint_loads_into_a_plain_fpn(tmp_path):
+    assert DistContext(0, 2, 0, torch.device("cuda", 0)).syncs_batchnorm
+    assert not DistContext(0, 2, 0, torch.device("cpu")).syncs_batchnorm  # gloo: SyncBatchNorm needs CUDA
+    assert not DistContext(0, 1, 0, torch.device("cuda", 0)).syncs_batchnorm
+    clip = FrozenCLIP.create("RN-tiny", "none", "cpu")
+    config = TrainConfig(**TINY, width=16)
+    fpn = build_fpn(clip, config, torch.device("cpu"), sync_batchnorm=True)
+    norms = [m for m in fpn.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    plain = build_fpn(clip, config, torch.device("cpu"), sync_batchnorm=False)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+    for m in norms:  # statistics as training leaves them
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2)
+    save_fpn(tmp_path / "fpn.safetensors", fpn, "RN-tiny", 64)
+    loaded, _ = load_fpn(tmp_path / "fpn.safetensors", "RN-tiny", clip.feature_channels, clip.embed_dim)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in loaded.modules())
+    for name, tensor in fpn.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+
+
 def test_loss_is_mean_bce_on_the_logit_grid_and_iou_ignores_padding():
     masks = torch.zeros(2, 64, 64, dtype=torch.uint8)
     masks[0, 8:40, 16:32] = 1
@@ -241,13 +263,14 @@ def test_sampler_order_depends_on_seed_and_epoch_and_resumes_part_way():
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_one_training_step_on_refer_data_gives_a_checkpoint_for_grounder_and_infer(tmp_path):
+def test_one_training_step_on_refer_data_gives_a_checkpoint_for_grounder_and_infer(tmp_path, caplog):
     write_tiny_refer(tmp_path / "refer")
     out = tmp_path / "run"
     args = ["train", "--data-root", str(tmp_path / "refer"), "--train-data", "refcocog:umd", "--val-data",
             "refcocog:umd", "--batch-size", "2", "--max-steps", "1", "--input-size", "64", "--num-workers", "1",
             "--levels", "2", "--width", "16", "--out-dir", str(out), *TINY_ARGS]
     assert main(args) == 0
+    assert "BatchNorm statistics" not in caplog.text  # each forward pass sees the whole batch of 2
     [row] = rows(out / "train_log.csv")
     assert row["step"] == "1" and np.isfinite(float(row["loss"])) and float(row["images_per_s"]) > 0
     [val] = rows(out / "val_log.csv")
@@ -318,12 +341,13 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, caplog):
     write_root = tmp_path / "data"
     assert main(["synth-refcoco", str(write_root), "--num-images", "12", "--seed", "1"]) == 0
     config = TrainConfig(**TINY, data_root=str(write_root), train_data="refcoco:unc", val_data="", input_size=64,
                          batch_size=8, micro_batch_size=4, max_steps=7, save_every=3, log_every=1, lr=1e-3, seed=5)
     whole = train(config.replace(out_dir=str(tmp_path / "whole")))
+    assert "BatchNorm statistics come from micro-batches of 4 images, not from the whole batch of 8" in caplog.text
     plan = plan_batches(config, len(build_dataset("refcoco:unc", "train", 64, str(write_root))), 1)
     assert plan.steps_per_epoch < 7 and plan.accumulation == 2  # the run crosses an epoch and accumulates
 

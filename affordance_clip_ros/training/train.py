@@ -16,7 +16,10 @@ Resume an interrupted run (same data order, same result)::
 
 ``batch_size`` is the effective batch over all processes; each process runs micro-batches of
 ``micro_batch_size`` and accumulates ``batch_size / (micro_batch_size x processes)`` of them per
-optimizer step. Only process 0 logs and writes files; process r seeds with seed + r.
+optimizer step. The FPN's BatchNorm normalises over one forward pass: under DDP on CUDA over the
+micro-batches of all processes (SyncBatchNorm), else over each process's micro-batch; with
+accumulation that is fewer images than the batch (a warning says so). Only process 0 logs and
+writes files; process r seeds with seed + r.
 """
 from __future__ import annotations
 
@@ -83,6 +86,24 @@ def plan_batches(config: TrainConfig, samples_per_process: int, world_size: int)
                          f"{micro * accumulation}; lower --batch-size or add data")
     total = config.max_steps or config.epochs * steps_per_epoch
     return BatchPlan(micro, accumulation, steps_per_epoch, total)
+
+
+def build_fpn(clip: FrozenCLIP, config: TrainConfig, device: torch.device, sync_batchnorm: bool) -> AffordanceFPN:
+    """The FPN to train. ``sync_batchnorm`` (DDP on CUDA): its BatchNorm layers become SyncBatchNorm,
+    with the same parameter and buffer names, so its checkpoints load into a plain FPN."""
+    fpn = AffordanceFPN(FPNConfig(clip.feature_channels, clip.embed_dim, config.width, config.levels))
+    if sync_batchnorm:
+        fpn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(fpn)
+    fpn.to(device)
+    if config.channels_last:
+        fpn.to(memory_format=torch.channels_last)
+    return fpn
+
+
+def batchnorm_images(plan: BatchPlan, ctx: distributed.DistContext) -> int:
+    """Images whose statistics each BatchNorm normalisation uses: one micro-batch, of every process
+    when they are synchronised."""
+    return plan.micro_batch * (ctx.world_size if ctx.syncs_batchnorm else 1)
 
 
 def get_lr(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -243,11 +264,9 @@ class _Run:
         # No text cache: a cached embedding would depend on which batch first computed it (batched
         # matmuls round differently), so a resumed run would drift from an uninterrupted one.
         self.clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, self.device, text_cache_size=0)
-        self.fpn = AffordanceFPN(FPNConfig(self.clip.feature_channels, self.clip.embed_dim, config.width,
-                                           config.levels)).to(self.device)
+        self.fpn = build_fpn(self.clip, config, self.device, ctx.syncs_batchnorm)
         if config.channels_last:
             self.clip.to(memory_format=torch.channels_last)
-            self.fpn.to(memory_format=torch.channels_last)
         torch.manual_seed(config.seed + ctx.rank)
         random.seed(config.seed + ctx.rank)
         np.random.seed((config.seed + ctx.rank) % 2**32)
@@ -334,6 +353,11 @@ class _Run:
                      count_trainable_parameters(self.fpn), len(self.train_set), plan.total_steps, c.batch_size,
                      plan.micro_batch, plan.accumulation, ctx.world_size, plan.steps_per_epoch, self.device,
                      {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype])
+            normalised = batchnorm_images(plan, ctx)
+            if normalised < c.batch_size:
+                log.warning("BatchNorm statistics come from micro-batches of %d images, not from the whole batch of "
+                            "%d: the run approximates batch-%d training (a larger --micro-batch-size, or more GPUs, "
+                            "brings it closer)", normalised, c.batch_size, c.batch_size)
         self.fpn.train()
         bar = tqdm(total=plan.total_steps, initial=self.step, desc="train", unit="step", disable=not ctx.is_main,
                    dynamic_ncols=True)
