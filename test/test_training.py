@@ -23,7 +23,7 @@ from affordance_clip_ros.model import AffordanceGrounder, FrozenCLIP, GrounderCo
 from affordance_clip_ros.model.letterbox import Letterbox
 from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl, load_refer, train
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
-from affordance_clip_ros.training.data import ResumableSampler, letterbox_mask
+from affordance_clip_ros.training.data import Record, ReferringDataset, ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
 from affordance_clip_ros.training.distributed import DistContext
 from affordance_clip_ros.training.train import build_fpn, plan_batches, resume_config, training_dtype
@@ -376,6 +376,30 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, caplog):
     logged = rows(tmp_path / "cut" / "train_log.csv")
     assert [r["step"] for r in logged] == [str(s) for s in range(1, 8)]
     assert [r["loss"] for r in logged] == [r["loss"] for r in rows(tmp_path / "whole" / "train_log.csv")]
+
+
+def test_resume_refuses_training_data_that_changed(tmp_path, caplog):
+    for name, count in (("data", 8), ("other", 20)):
+        assert main(["synth-refcoco", str(tmp_path / name), "--num-images", str(count)]) == 0
+    config = TrainConfig(**TINY, data_root=str(tmp_path / "data"), train_data="refcoco:unc", val_data="",
+                         input_size=64, batch_size=2, max_steps=1, out_dir=str(tmp_path / "run"))
+    train(config)
+    state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
+    samples = len(build_dataset("refcoco:unc", "train", 64, str(tmp_path / "data")))
+    assert state["train_data"]["samples"] == samples
+    assert main(["train", "--resume", str(tmp_path / "run"), "--data-root", str(tmp_path / "other"),
+                 "--max-steps", "2"]) == 2
+    assert "the training data differs from the checkpoint's" in caplog.text and f"{samples} (" in caplog.text
+    assert torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)["step"] == 1
+    same = [Record("/a/1.jpg", "the cup", None), Record("/a/2.jpg", "the mug", None)]
+    elsewhere = [Record("/b/1.jpg", "the cup", None), Record("/b/2.jpg", "the mug", None)]
+    reworded = [Record("/a/1.jpg", "the cup", None), Record("/a/2.jpg", "the jug", None)]
+    fingerprint = ReferringDataset(same, 64).fingerprint()
+    assert ReferringDataset(elsewhere, 64).fingerprint() == fingerprint != ReferringDataset(reworded, 64).fingerprint()
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)  # the same files in another folder continue the run
+    assert main(["train", "--resume", str(tmp_path / "run"), "--data-root", str(moved), "--max-steps", "2"]) == 0
+    assert torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)["step"] == 2
 
 
 def test_fp16_autocast_keeps_its_gradient_scaler_across_resume(tmp_path):

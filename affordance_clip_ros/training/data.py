@@ -2,6 +2,7 @@
 and a data order that can be resumed part-way through an epoch."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -114,6 +115,14 @@ class ReferringDataset(Dataset):
         top, left = box.offset
         return {"pixels": pixels[0], "mask": letterbox_mask(mask, box), "text": record.sentence,
                 "box": torch.tensor([top, left, *box.inner])}
+
+    def fingerprint(self) -> dict:
+        """``{"samples": count, "digest": hex}`` of the image file names and sentences in order: what a
+        resumed run must find again to continue the same data order (the folders may move)."""
+        digest = hashlib.sha256()
+        for record in self.records:
+            digest.update(f"{os.path.basename(record.image)}\t{record.sentence}\n".encode())
+        return {"samples": len(self.records), "digest": digest.hexdigest()[:16]}
 
     def subset(self, count: int) -> "ReferringDataset":
         """``count`` evenly spaced records (all when count is 0 or too large), in order."""

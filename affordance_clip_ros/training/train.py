@@ -260,6 +260,8 @@ class _Run:
         if state is not None:
             self._check_resumable(state)
         self._build_data()  # before CLIP: a data error should not wait for the model to load
+        if state is not None:
+            self._check_same_data(state)
         torch.manual_seed(config.seed)  # the same random CLIP (pretrained=none) and FPN init in every process
         # No text cache: a cached embedding would depend on which batch first computed it (batched
         # matmuls round differently), so a resumed run would drift from an uninterrupted one.
@@ -307,9 +309,23 @@ class _Run:
             raise ValueError(f"the checkpoint was written by {state['world_size']} process(es) and this run has "
                              f"{self.ctx.world_size}; resume with the same number so the data order continues")
 
+    def _check_same_data(self, state: dict) -> None:
+        """Refuse to resume on training data other than the checkpoint's: the position in the data
+        order would point at other samples."""
+        saved = state.get("train_data")
+        if saved is None:
+            log.warning("The checkpoint does not record its training data; cannot check that it is unchanged.")
+        elif saved != self.train_fingerprint:
+            raise ValueError(f"the training data differs from the checkpoint's: {self.train_fingerprint['samples']} "
+                             f"samples (digest {self.train_fingerprint['digest']}) now, {saved['samples']} "
+                             f"({saved['digest']}) when it was written, so the run would not continue its data "
+                             f"order. Resume with the same data (--data-root and --coco-images pointing at the same "
+                             f"files), or start a new run with another --out-dir.")
+
     def _build_data(self) -> None:
         c, ctx = self.config, self.ctx
         self.train_set = build_dataset(c.train_data, c.train_split, c.input_size, c.data_root, c.coco_images)
+        self.train_fingerprint = self.train_set.fingerprint()
         self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, c.seed)
         self.plan = plan_batches(c, self.sampler.num_samples, ctx.world_size)
         self.loader = _loader(self.train_set, self.plan.micro_batch, c, self.device, self.sampler, training=True)
@@ -327,7 +343,8 @@ class _Run:
         recipe = {**self.config.to_dict(), "step": self.step}
         save_fpn(self.out / FPN_FILE, self.fpn, self.config.clip_model, self.config.input_size, recipe)
         save_trainer_state(self.out / STATE_FILE, trainer_state(self.step, self.config.to_dict(), self.ctx.world_size,
-                                                                self.fpn, self.optimizer, self.scaler))
+                                                                self.fpn, self.optimizer, self.scaler,
+                                                                self.train_fingerprint))
 
     def run_validation(self) -> ValidationResult | None:
         if self.val_loader is None:
