@@ -19,6 +19,7 @@ setup(
         "open_clip_torch>=3.0",
         "numpy",
         "opencv-python-headless",
+        "Pillow",
         "scikit-image",
         "safetensors",
         "tqdm",

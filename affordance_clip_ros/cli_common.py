@@ -7,9 +7,9 @@ from .model import AffordanceGrounder, GrounderConfig
 from .model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision, --backend, --compile,
-    --input-size, --template."""
+def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
+    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision (default ``precision``),
+    --backend, --compile, --input-size, --template."""
     group = parser.add_argument_group("model")
     group.add_argument("--clip-model", default="RN101", help="open_clip ResNet model name (default: RN101)")
     group.add_argument("--clip-pretrained", default="openai",
@@ -18,10 +18,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fpn-checkpoint", default=None,
                        help="trained FPN (.safetensors); without it the training-free dense CLIP head is used")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--precision", default="auto", choices=PRECISIONS,
+    group.add_argument("--precision", default=precision, choices=PRECISIONS,
                        help="torch: autocast precision, auto = fp16 on CUDA, fp32 on CPU; onnxruntime: auto = "
                             "int8 (quantised once per weights and cached) when its heatmaps stay faithful to fp32 "
-                            "(Pearson >= 0.99), else fp32")
+                            f"(Pearson >= 0.99), else fp32 (default: {precision})")
     group.add_argument("--backend", default="auto", choices=BACKENDS,
                        help="image path: auto = onnxruntime on CPU (about 2x faster), torch on CUDA")
     group.add_argument("--compile", default="off", choices=COMPILE_MODES,

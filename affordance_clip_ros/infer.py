@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli_common import add_model_arguments, grounder_from_args
+from .image_files import read_rgb
 from .model import AffordanceGrounder
 from .visualization import colorize, draw_overlay
 
@@ -34,13 +35,6 @@ def collect_images(paths: Iterable[str]) -> list[Path]:
     if not images:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {list(paths)}")
     return images
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode image '{path}'")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def slug(text: str) -> str:
@@ -68,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
                                   peak_min_distance=args.peak_min_distance)
     records = []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):
-        records.append(write_outputs(grounder, read_rgb(path), path.stem, args.prompts, out, args.alpha))
+        # Photos upright as viewers show them (EXIF orientation applied): CLIP sees objects the right
+        # way up, and the heatmaps, overlays and peaks are all computed on and sized like this array.
+        image = read_rgb(path, apply_exif_orientation=True)
+        records.append(write_outputs(grounder, image, path.stem, args.prompts, out, args.alpha))
     (out / "peaks.json").write_text(json.dumps(records, indent=2))
     log.info("wrote %d image(s) x %d prompt(s) to %s", len(images), len(args.prompts), out)
     return 0

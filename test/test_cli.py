@@ -8,6 +8,7 @@ import sys
 import cv2
 import numpy as np
 import skimage.data
+from PIL import Image
 
 from affordance_clip_ros.cli import main
 
@@ -34,6 +35,19 @@ def test_infer_writes_every_output_for_a_folder(tmp_path):
     assert peaks and all(0 <= p["u"] < 600 and 0 <= p["v"] < 400 for p in peaks)
     assert [p["score"] for p in peaks] == sorted((p["score"] for p in peaks), reverse=True)
     assert abs(heatmap[peaks[0]["v"], peaks[0]["u"]] - peaks[0]["score"]) < 1e-5
+
+
+def test_infer_turns_a_photo_upright_by_its_exif_orientation_and_keeps_all_outputs_in_that_frame(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60 rows x 100 columns, shown turned 90 degrees clockwise: 100 x 60
+    Image.fromarray(np.full((60, 100, 3), 128, np.uint8)).save(tmp_path / "phone.jpg", exif=exif.tobytes())
+    out = tmp_path / "out"
+    assert main(["infer", str(tmp_path / "phone.jpg"), "-p", "hold", "--out", str(out), "--backend", "torch",
+                 *TINY_ARGS]) == 0
+    [record] = json.loads((out / "peaks.json").read_text())
+    assert (record["height"], record["width"]) == (100, 60)
+    assert np.load(out / "phone_hold_heatmap.npy").shape == (100, 60)
+    assert cv2.imread(str(out / "phone_hold_overlay.png")).shape == (100, 60, 3)
 
 
 def test_infer_reports_a_missing_input_and_missing_checkpoint_clearly(tmp_path, caplog):

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
+from PIL import Image
 
 from affordance_clip_ros.cli import main
 from affordance_clip_ros.evaluation import AGD20KTestSet, affordance_prompt, find_testset, score_map
-from affordance_clip_ros.evaluation.evaluate import evaluate, subset_indices
-from affordance_clip_ros.evaluation.report import markdown, write_json
+from affordance_clip_ros.evaluation import agd20k as agd20k_reader
+from affordance_clip_ros.evaluation.evaluate import EvaluationResult, evaluate, subset_indices
+from affordance_clip_ros.evaluation.report import markdown, paper_differences, write_json
 from affordance_clip_ros.model import AffordanceFPN, AffordanceGrounder, FPNConfig, save_fpn
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu", "--input-size", "128"]
@@ -93,6 +95,56 @@ def test_reader_errors_show_the_expected_layout(agd20k, tmp_path):
         find_testset(agd20k, "test")
 
 
+def write_exif_rotated_jpeg(path: Path, rgb: np.ndarray) -> None:
+    """``rgb`` stored as is, tagged with EXIF orientation 6 (viewers turn it 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(path, exif=exif.tobytes(), quality=95)
+
+
+def test_images_are_read_in_the_ground_truths_frame_and_a_size_mismatch_names_the_files(tmp_path):
+    testset = tmp_path / "AGD20K" / "Seen" / "testset"
+    for folder in ("egocentric", "GT"):
+        (testset / folder / "hold" / "cup").mkdir(parents=True)
+    stored = np.zeros((40, 100, 3), np.uint8)
+    stored[:, :20] = 255  # a bar on the left of the stored pixels, where the GT marks it
+    write_exif_rotated_jpeg(testset / "egocentric" / "hold" / "cup" / "a.jpg", stored)
+    cv2.imwrite(str(testset / "GT" / "hold" / "cup" / "a.png"), stored[..., 0])
+    cv2.imwrite(str(testset / "egocentric" / "hold" / "cup" / "b.jpg"), stored)
+    cv2.imwrite(str(testset / "GT" / "hold" / "cup" / "b.png"), stored[:30, :, 0])
+    test_set = AGD20KTestSet(tmp_path, "seen")
+    image, gt = test_set.load(0)
+    assert image.shape == (40, 100, 3) and gt.shape == (40, 100)  # OpenCV alone would give 100 x 40
+    assert image[:, :18].min() > 200 and image[:, 22:].max() < 50
+    with pytest.raises(ValueError, match=r"(?s)b\.jpg' is 100x40 pixels but its ground truth '.*b\.png' is 100x30"):
+        test_set.load(1)
+
+
+def test_a_split_without_the_papers_affordance_and_image_counts_is_reported(agd20k, caplog, monkeypatch):
+    test_set = AGD20KTestSet(agd20k, "seen")
+    assert not test_set.is_complete
+    assert "has 3 affordance(s) with 5 scored image(s), the paper's split has 36 with 1675" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(agd20k_reader.EXPECTED_IMAGES, "seen", 5)
+    assert not AGD20KTestSet(agd20k, "seen").is_complete and "has 3 affordance(s)" in caplog.text
+    caplog.clear()
+    monkeypatch.setitem(agd20k_reader.EXPECTED_AFFORDANCES, "seen", 3)
+    assert AGD20KTestSet(agd20k, "seen").is_complete and "affordance(s)" not in caplog.text
+
+
+def test_only_the_papers_setting_is_comparable_with_the_paper(tiny_grounder):
+    full = EvaluationResult("unseen", [{}] * 540, {}, {}, {}, {})
+    paper = {"mode": "fpn", "clip_model": "RN101", "clip_pretrained": "openai", "input_size": 416,
+             "precision": "fp32"}
+    assert paper_differences(full, paper) == []
+    assert paper_differences(full, {**paper, "precision": "int8"}) == ["precision int8, the paper's is fp32"]
+    assert paper_differences(full, {**paper, "mode": "training-free"}) == [
+        "the training-free head, not a trained FPN (--fpn-checkpoint)"]
+    assert paper_differences(EvaluationResult("unseen", [{}] * 539, {}, {}, {}, {}), paper) == [
+        "539 of the split's 540 images (--limit or an incomplete dataset)"]
+    assert tiny_grounder.config.precision == "auto" and tiny_grounder.image_path_precision == "fp32"
+
+
 def test_limit_spreads_over_the_split():
     assert subset_indices(10, None) == list(range(10))
     assert subset_indices(10, 3) == [0, 4, 9]
@@ -123,6 +175,9 @@ def test_evaluate_command_end_to_end(agd20k, tmp_path, recorded_predictions):
     results = json.loads((out / "results.json").read_text())
     assert results["split"] == "seen" and results["images"] == 5 and not results["comparable_with_paper"]
     assert results["run"]["mode"] == "training-free" and results["run"]["levels"] is None
+    # On a CPU the default image path is ONNX Runtime, in fp32 (not the int8 that precision auto picks).
+    assert (results["run"]["backend"], results["run"]["precision"]) == ("onnxruntime", "fp32")
+    assert "the training-free head, not a trained FPN (--fpn-checkpoint)" in results["differences_from_paper"]
     assert results["paper_table1"] == {"kld": 1.628, "sim": 0.335, "nss": 0.791}
     test_set = AGD20KTestSet(agd20k, "seen")
     assert [r["key"] for r in results["per_image"]] == [s.key for s in test_set.samples]
@@ -167,6 +222,10 @@ def test_evaluate_levels_is_checked_against_the_checkpoint(agd20k, tmp_path, tin
                  "--num-workers", "0", "--examples", "0"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["run"]["levels"] == 1 and results["run"]["mode"] == "fpn" and results["images"] == 2
+    assert results["differences_from_paper"] == [
+        "2 of the split's 1675 images (--limit or an incomplete dataset)",
+        "random CLIP weights (--clip-pretrained none): the numbers only test the pipeline",
+        "clip_model RN-tiny, the paper's is RN101", "input_size 128, the paper's is 416"]
     assert [r["key"] for r in results["per_image"]] == ["cut_with/knife/knife_000000.jpg", "hold/knife/knife_000005.jpg"]
     report = (out / "report.md").read_text()
     assert "| **this run, 1** |" in report and not (out / "qualitative.png").exists()

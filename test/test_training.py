@@ -14,18 +14,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 
 from affordance_clip_ros.cli import main
-from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig, read_metadata
+from affordance_clip_ros.model import AffordanceGrounder, FrozenCLIP, GrounderConfig, load_fpn, read_metadata, save_fpn
 from affordance_clip_ros.model.letterbox import Letterbox
 from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl, load_refer, train
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
-from affordance_clip_ros.training.data import ResumableSampler, letterbox_mask
+from affordance_clip_ros.training.data import Record, ReferringDataset, ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
-from affordance_clip_ros.training.train import training_dtype
-from affordance_clip_ros.training.train import plan_batches, resume_config
+from affordance_clip_ros.training.distributed import DistContext
+from affordance_clip_ros.training.train import build_fpn, plan_batches, resume_config, training_dtype
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu"]
 TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu", num_workers=0)
@@ -120,6 +121,27 @@ def test_refer_reader_one_sample_per_sentence_and_masks_from_polygons_and_rle(tm
         load_refer(tmp_path, "refcocog", "umd", "testB")
 
 
+def test_refer_images_are_read_as_stored_and_resized_copies_are_left_out(tmp_path, caplog):
+    expected = write_tiny_refer(tmp_path)
+    images = tmp_path / "images" / "mscoco" / "images" / "train2014"
+    stored = cv2.cvtColor(cv2.imread(str(images / "COCO_train2014_000000000009.jpg")), cv2.COLOR_BGR2RGB)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers (and OpenCV's IMREAD_COLOR) turn it to 160 rows x 120 columns
+    Image.fromarray(stored).save(images / "COCO_train2014_000000000009.jpg", exif=exif.tobytes())
+    dataset = build_dataset("refcocog:umd", "train", 64, str(tmp_path))
+    item = dataset[0]
+    assert item["text"] == "the grey box" and item["box"].tolist() == [8, 0, 48, 64]  # the annotated 120 x 160
+    truth = letterbox_mask(expected["the grey box"], Letterbox(120, 160, 64))
+    assert (item["mask"] != truth).float().mean() < 0.01
+
+    cv2.imwrite(str(images / "COCO_train2014_000000000025.jpg"), np.zeros((70, 90, 3), np.uint8))  # 90 x 70 annotated
+    records = load_refer(tmp_path, "refcocog", "umd", "train")
+    assert [r.sentence for r in records] == ["the grey box", "box at the top left", "the crowd at the bottom right"]
+    assert ("refcocog (umd) train: 1 image file(s) differ in size from instances.json, e.g. "
+            "'" + str(images / "COCO_train2014_000000000025.jpg") + "' is 90x70 pixels but annotated at 70x90; their "
+            "1 sentence(s) are left out") in caplog.text
+
+
 def test_missing_refer_files_print_the_expected_layout(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match=r"(?s)refcoco\+ folder.*Expected layout.*refs\(unc\)\.p.*train2014"):
         load_refer(tmp_path, "refcoco+", "unc", "train")
@@ -148,6 +170,10 @@ def test_jsonl_reader_masks_polygons_and_line_numbered_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(lines[0]) + "\n" + json.dumps({"image": "a.jpg"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: needs 'image' and 'sentences'"):
         load_jsonl(tmp_path / "bad.jsonl")
+    cv2.imwrite(str(tmp_path / "small_mask.png"), mask[:30])
+    (tmp_path / "small.jsonl").write_text(json.dumps({**lines[0], "mask": "small_mask.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"small\.jsonl:1: mask '.*small_mask\.png' is 50x30 pixels but its image is"):
+        load_jsonl(tmp_path / "small.jsonl")  # at start-up, not when a worker reaches the sample
 
 
 # ----------------------------------------------------------------------------- config, plan, loss, order
@@ -177,6 +203,27 @@ def test_batch_plan_accumulation_and_batchnorm_guard():
         plan_batches(TrainConfig(batch_size=4), 1000, world_size=4)
     with pytest.raises(ValueError, match="not a multiple"):
         plan_batches(TrainConfig(batch_size=10, micro_batch_size=4), 1000, 1)
+
+
+def test_ddp_on_cuda_syncs_batchnorm_and_the_checkpoint_loads_into_a_plain_fpn(tmp_path):
+    assert DistContext(0, 2, 0, torch.device("cuda", 0)).syncs_batchnorm
+    assert not DistContext(0, 2, 0, torch.device("cpu")).syncs_batchnorm  # gloo: SyncBatchNorm needs CUDA
+    assert not DistContext(0, 1, 0, torch.device("cuda", 0)).syncs_batchnorm
+    clip = FrozenCLIP.create("RN-tiny", "none", "cpu")
+    config = TrainConfig(**TINY, width=16)
+    fpn = build_fpn(clip, config, torch.device("cpu"), sync_batchnorm=True)
+    norms = [m for m in fpn.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, torch.nn.SyncBatchNorm) for m in norms)
+    plain = build_fpn(clip, config, torch.device("cpu"), sync_batchnorm=False)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
+    for m in norms:  # statistics as training leaves them
+        m.running_mean.uniform_(-1, 1)
+        m.running_var.uniform_(0.5, 2)
+    save_fpn(tmp_path / "fpn.safetensors", fpn, "RN-tiny", 64)
+    loaded, _ = load_fpn(tmp_path / "fpn.safetensors", "RN-tiny", clip.feature_channels, clip.embed_dim)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in loaded.modules())
+    for name, tensor in fpn.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_loss_is_mean_bce_on_the_logit_grid_and_iou_ignores_padding():
@@ -216,13 +263,14 @@ def test_sampler_order_depends_on_seed_and_epoch_and_resumes_part_way():
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_one_training_step_on_refer_data_gives_a_checkpoint_for_grounder_and_infer(tmp_path):
+def test_one_training_step_on_refer_data_gives_a_checkpoint_for_grounder_and_infer(tmp_path, caplog):
     write_tiny_refer(tmp_path / "refer")
     out = tmp_path / "run"
     args = ["train", "--data-root", str(tmp_path / "refer"), "--train-data", "refcocog:umd", "--val-data",
             "refcocog:umd", "--batch-size", "2", "--max-steps", "1", "--input-size", "64", "--num-workers", "1",
             "--levels", "2", "--width", "16", "--out-dir", str(out), *TINY_ARGS]
     assert main(args) == 0
+    assert "BatchNorm statistics" not in caplog.text  # each forward pass sees the whole batch of 2
     [row] = rows(out / "train_log.csv")
     assert row["step"] == "1" and np.isfinite(float(row["loss"])) and float(row["images_per_s"]) > 0
     [val] = rows(out / "val_log.csv")
@@ -293,12 +341,13 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, caplog):
     write_root = tmp_path / "data"
     assert main(["synth-refcoco", str(write_root), "--num-images", "12", "--seed", "1"]) == 0
     config = TrainConfig(**TINY, data_root=str(write_root), train_data="refcoco:unc", val_data="", input_size=64,
                          batch_size=8, micro_batch_size=4, max_steps=7, save_every=3, log_every=1, lr=1e-3, seed=5)
     whole = train(config.replace(out_dir=str(tmp_path / "whole")))
+    assert "BatchNorm statistics come from micro-batches of 4 images, not from the whole batch of 8" in caplog.text
     plan = plan_batches(config, len(build_dataset("refcoco:unc", "train", 64, str(write_root))), 1)
     assert plan.steps_per_epoch < 7 and plan.accumulation == 2  # the run crosses an epoch and accumulates
 
@@ -327,6 +376,30 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     logged = rows(tmp_path / "cut" / "train_log.csv")
     assert [r["step"] for r in logged] == [str(s) for s in range(1, 8)]
     assert [r["loss"] for r in logged] == [r["loss"] for r in rows(tmp_path / "whole" / "train_log.csv")]
+
+
+def test_resume_refuses_training_data_that_changed(tmp_path, caplog):
+    for name, count in (("data", 8), ("other", 20)):
+        assert main(["synth-refcoco", str(tmp_path / name), "--num-images", str(count)]) == 0
+    config = TrainConfig(**TINY, data_root=str(tmp_path / "data"), train_data="refcoco:unc", val_data="",
+                         input_size=64, batch_size=2, max_steps=1, out_dir=str(tmp_path / "run"))
+    train(config)
+    state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
+    samples = len(build_dataset("refcoco:unc", "train", 64, str(tmp_path / "data")))
+    assert state["train_data"]["samples"] == samples
+    assert main(["train", "--resume", str(tmp_path / "run"), "--data-root", str(tmp_path / "other"),
+                 "--max-steps", "2"]) == 2
+    assert "the training data differs from the checkpoint's" in caplog.text and f"{samples} (" in caplog.text
+    assert torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)["step"] == 1
+    same = [Record("/a/1.jpg", "the cup", None), Record("/a/2.jpg", "the mug", None)]
+    elsewhere = [Record("/b/1.jpg", "the cup", None), Record("/b/2.jpg", "the mug", None)]
+    reworded = [Record("/a/1.jpg", "the cup", None), Record("/a/2.jpg", "the jug", None)]
+    fingerprint = ReferringDataset(same, 64).fingerprint()
+    assert ReferringDataset(elsewhere, 64).fingerprint() == fingerprint != ReferringDataset(reworded, 64).fingerprint()
+    moved = tmp_path / "moved"
+    (tmp_path / "data").rename(moved)  # the same files in another folder continue the run
+    assert main(["train", "--resume", str(tmp_path / "run"), "--data-root", str(moved), "--max-steps", "2"]) == 0
+    assert torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)["step"] == 2
 
 
 def test_fp16_autocast_keeps_its_gradient_scaler_across_resume(tmp_path):

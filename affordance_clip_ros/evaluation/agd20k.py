@@ -25,11 +25,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..image_files import read_rgb
+
 log = logging.getLogger(__name__)
 
 SPLITS = {"seen": "Seen", "unseen": "Unseen"}
 EXPECTED_IMAGES = {"seen": 1675, "unseen": 540}  # paper Sec. 4.1
-EXPECTED_AFFORDANCES = {"seen": 36, "unseen": 25}
+EXPECTED_AFFORDANCES = {"seen": 36, "unseen": 25}  # affordances with scored images
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LAYOUT = """expected the AGD20K layout:
   AGD20K/Seen/testset/egocentric/<affordance>/<object>/<name>.jpg
@@ -131,16 +133,8 @@ def list_samples(testset: Path, prompt_template: str = "{}") -> tuple[list[AGD20
     return samples, skipped
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 H x W x 3 RGB, or ValueError naming the file."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode image '{path}' (corrupted or not an image?)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def read_gt(path: Path) -> np.ndarray:
-    """uint8 H x W grey ground truth, as the protocol reads it."""
+    """uint8 H x W grey ground truth, read as LOCATE's ``process_gt`` reads it (OpenCV grey)."""
     gt = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if gt is None:
         raise ValueError(f"cannot decode ground truth '{path}' (corrupted or not an image?)")
@@ -160,6 +154,11 @@ class AGD20KTestSet:
         if self.skipped:
             log.info("%d image(s) in %s have no GT png and are not scored (as in the reference protocol)",
                      len(self.skipped), self.testset)
+        if not self.is_complete:
+            log.warning("AGD20K %s in %s has %d affordance(s) with %d scored image(s), the paper's split has %d with "
+                        "%d (an incomplete download?): its numbers are not comparable with the paper's",
+                        SPLITS[self.split], self.testset, len(self.affordances), len(self.samples),
+                        EXPECTED_AFFORDANCES[self.split], EXPECTED_IMAGES[self.split])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -173,10 +172,18 @@ class AGD20KTestSet:
 
     @property
     def is_complete(self) -> bool:
-        """Whether the image count is the paper's (1675 Seen, 540 Unseen)."""
-        return len(self.samples) == EXPECTED_IMAGES[self.split]
+        """Whether the counts of affordances and scored images are the paper's (Seen 36 and 1675,
+        Unseen 25 and 540)."""
+        return (len(self.affordances), len(self.samples)) == (EXPECTED_AFFORDANCES[self.split],
+                                                              EXPECTED_IMAGES[self.split])
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 RGB image, uint8 grey GT) of sample ``index``."""
+        """(uint8 RGB image, uint8 grey GT) of sample ``index``, the image in its stored pixel layout
+        (EXIF orientation ignored, as LOCATE's PIL loader does); ValueError when their sizes differ."""
         sample = self.samples[index]
-        return read_rgb(sample.image), read_gt(sample.gt)
+        image, gt = read_rgb(sample.image), read_gt(sample.gt)
+        if image.shape[:2] != gt.shape:
+            raise ValueError(f"image '{sample.image}' is {image.shape[1]}x{image.shape[0]} pixels but its ground "
+                             f"truth '{sample.gt}' is {gt.shape[1]}x{gt.shape[0]}: the pair must have the same size. "
+                             f"Replace both with the files of the AGD20K release (a resized or re-encoded copy?).")
+        return image, gt

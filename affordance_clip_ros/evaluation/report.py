@@ -10,7 +10,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .agd20k import EXPECTED_IMAGES, SPLITS, read_gt, read_rgb
+from ..image_files import read_rgb
+from ..model.grounder import MODE_FPN
+from .agd20k import EXPECTED_IMAGES, SPLITS, read_gt
 from .evaluate import EvaluationResult, Example
 
 # AffordanceCLIP, paper Table 1 (Test A = Seen, Test B = Unseen).
@@ -24,6 +26,7 @@ PAPER_TABLE3 = {1: {"seen": {"kld": 1.917, "sim": 0.322, "nss": 0.665},
                 3: PAPER_TABLE1}
 TABLE3_LABELS = {1: "{F1^O}", 2: "{F1^O, F2^O}", 3: "{F1^O, F2^O, F3^O}"}
 RESULTS_JSON, REPORT_MD, FIGURE_PNG = "results.json", "report.md", "qualitative.png"
+PAPER_SETTING = {"clip_model": "RN101", "input_size": 416, "precision": "fp32"}  # paper Sec. 4.3
 
 
 def _finite_or_none(value):
@@ -37,11 +40,30 @@ def _finite_or_none(value):
     return value
 
 
+def paper_differences(result: EvaluationResult, run: dict) -> list[str]:
+    """How the run departs from the setting of the paper's tables; empty when it is comparable:
+    every image of the split, a trained FPN, RN101 with pretrained weights at 416 px, and an image
+    path that really ran in fp32 (``run["precision"]`` is the resolved one, never auto)."""
+    split, images = result.split, len(result.records)
+    differences = []
+    if images != EXPECTED_IMAGES[split]:
+        differences.append(f"{images} of the split's {EXPECTED_IMAGES[split]} images (--limit or an incomplete "
+                           f"dataset)")
+    if run.get("mode") != MODE_FPN:
+        differences.append("the training-free head, not a trained FPN (--fpn-checkpoint)")
+    if run.get("clip_pretrained") == "none":
+        differences.append("random CLIP weights (--clip-pretrained none): the numbers only test the pipeline")
+    differences += [f"{name} {run.get(name)}, the paper's is {value}" for name, value in PAPER_SETTING.items()
+                    if run.get(name) != value]
+    return differences
+
+
 def results_dict(result: EvaluationResult, run: dict) -> dict:
+    differences = paper_differences(result, run)
     return _finite_or_none({
         "split": result.split, "split_name": SPLITS[result.split], "images": len(result.records),
         "expected_images": EXPECTED_IMAGES[result.split],
-        "comparable_with_paper": len(result.records) == EXPECTED_IMAGES[result.split],
+        "comparable_with_paper": not differences, "differences_from_paper": differences,
         "run": run, "metrics": result.summary, "paper_table1": PAPER_TABLE1[result.split],
         "paper_table3": {str(k): v[result.split] for k, v in PAPER_TABLE3.items()},
         "degenerate": result.degenerate, "per_affordance": result.per_affordance, "per_object": result.per_object,
@@ -86,12 +108,11 @@ def markdown(result: EvaluationResult, run: dict, figure: str | None = FIGURE_PN
              f"{s['n']} images scored (the paper's split has {EXPECTED_IMAGES[split]}); model "
              f"`{run.get('clip_model')}` / `{run.get('clip_pretrained')}`, FPN checkpoint "
              f"`{run.get('fpn_checkpoint') or 'none (training-free head)'}`, input {run.get('input_size')} px, "
-             f"{result.seconds:.1f} s ({result.images_per_second:.2f} images/s on {run.get('device')}).", ""]
-    if s["n"] != EXPECTED_IMAGES[split]:
-        lines += [f"> **Not comparable with the paper:** {s['n']} of {EXPECTED_IMAGES[split]} images "
-                  f"(--limit or an incomplete dataset).", ""]
-    if run.get("clip_pretrained") == "none":
-        lines += ["> **Random CLIP weights** (`--clip-pretrained none`): the numbers only test the pipeline.", ""]
+             f"{run.get('backend')} {run.get('precision')}, {result.seconds:.1f} s "
+             f"({result.images_per_second:.2f} images/s on {run.get('device')}).", ""]
+    differences = paper_differences(result, run)
+    if differences:
+        lines += ["> **Not comparable with the paper:** " + "; ".join(differences) + ".", ""]
     lines += ["## Results beside the paper (Table 1)", "",
               "| method | KLD ↓ | SIM ↑ | NSS ↑ |", "|---|---:|---:|---:|",
               _metric_row("AffordanceCLIP, paper Table 1", PAPER_TABLE1[split]), _metric_row(ours, s), "",

@@ -196,6 +196,16 @@ class AffordanceGrounder(nn.Module):
     def mode(self) -> str:
         return MODE_FPN if self.fpn is not None else MODE_TRAINING_FREE
 
+    @property
+    def image_path_precision(self) -> str:
+        """The precision the image path really runs at: fp32, fp16, bf16 or int8 (the configured
+        "auto" resolved; on ONNX Runtime, int8 only where it passed the fidelity check)."""
+        if self.backend == "onnxruntime":
+            if self._embedder is None:
+                self.prepare()
+            return self._embedder.precision
+        return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
+
     def with_settings(self, **changes) -> None:
         """Change run-time settings (peaks, templates) without reloading the model."""
         forbidden = {"clip_model", "clip_pretrained", "fpn_checkpoint", "device", "clip_cache_dir", "backend",

@@ -2,6 +2,7 @@
 and a data order that can be resumed part-way through an epoch."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset, DistributedSampler
 
+from ..image_files import read_rgb
 from ..model.letterbox import Letterbox, letterbox_batch
 
 
@@ -74,13 +76,6 @@ class Record:
 
 
 # ---------------------------------------------------------------------------------------- images
-def read_rgb(path: str) -> np.ndarray:
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise FileNotFoundError(f"cannot read image '{path}' (missing or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def letterbox_mask(mask: np.ndarray, box: Letterbox) -> torch.Tensor:
     """H x W {0, 1} mask -> (size, size) uint8 with the geometry :func:`letterbox_batch` gives the image.
 
@@ -114,12 +109,20 @@ class ReferringDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        image = read_rgb(record.image)
+        image = read_rgb(record.image)  # stored pixel layout, the frame of the annotations (EXIF ignored)
         mask = record.mask.decode(*image.shape[:2])
         pixels, [box] = letterbox_batch([torch.from_numpy(image)], self.input_size)
         top, left = box.offset
         return {"pixels": pixels[0], "mask": letterbox_mask(mask, box), "text": record.sentence,
                 "box": torch.tensor([top, left, *box.inner])}
+
+    def fingerprint(self) -> dict:
+        """``{"samples": count, "digest": hex}`` of the image file names and sentences in order: what a
+        resumed run must find again to continue the same data order (the folders may move)."""
+        digest = hashlib.sha256()
+        for record in self.records:
+            digest.update(f"{os.path.basename(record.image)}\t{record.sentence}\n".encode())
+        return {"samples": len(self.records), "digest": digest.hexdigest()[:16]}
 
     def subset(self, count: int) -> "ReferringDataset":
         """``count`` evenly spaced records (all when count is 0 or too large), in order."""

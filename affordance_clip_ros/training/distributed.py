@@ -26,6 +26,11 @@ class DistContext:
     def enabled(self) -> bool:
         return self.world_size > 1
 
+    @property
+    def syncs_batchnorm(self) -> bool:
+        """Whether BatchNorm statistics are synchronised across processes (SyncBatchNorm, CUDA only)."""
+        return self.enabled and self.device.type == "cuda"
+
 
 def setup(device: str) -> DistContext:
     """Join the process group when torchrun started us (WORLD_SIZE > 1); else a one-process context.

@@ -4,9 +4,10 @@
     {"image": "imgs/0002.jpg", "polygon": [[10, 10, 80, 12, 45, 70]], "sentences": ["the knife blade"]}
 
 * ``image``: path (relative paths are relative to the .jsonl file's folder).
-* exactly one of ``mask`` (image file of the same size; non-zero = object) or ``polygon``
+* exactly one of ``mask`` (image file of the same stored size; non-zero = object) or ``polygon``
   (COCO style: a list of polygons ``[x1, y1, x2, y2, ...]`` in pixels; a single flat polygon or
-  a list of ``[x, y]`` points is accepted too).
+  a list of ``[x, y]`` points is accepted too), both in the image's pixels as stored (an EXIF
+  orientation tag is ignored).
 * ``sentences``: a list of referring phrases (a single string is accepted); one sample each.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from ..image_files import stored_size
 from .data import CocoSegmentation, PngMask, Record, check_exists
 
 EXAMPLE = __doc__.split("\n\n")[1]
@@ -48,6 +50,9 @@ def _record_fields(entry, base: Path) -> tuple[str, object, list[str]]:
     if "mask" in entry:
         mask_path = str(base / entry["mask"])
         check_exists(Path(mask_path), "mask", EXAMPLE)
+        (mask_h, mask_w), (image_h, image_w) = stored_size(mask_path), stored_size(image)
+        if (mask_h, mask_w) != (image_h, image_w):
+            raise ValueError(f"mask '{mask_path}' is {mask_w}x{mask_h} pixels but its image is {image_w}x{image_h}")
         mask = PngMask(mask_path)
     else:
         mask = CocoSegmentation(normalise_polygon(entry["polygon"]))

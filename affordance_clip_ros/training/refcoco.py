@@ -1,7 +1,9 @@
 """Reader for RefCOCO, RefCOCO+ and RefCOCOg in the refer toolkit's layout (github.com/lichengunc/refer).
 
 One sample per referring sentence; its mask is the referred COCO annotation's segmentation
-(polygons or RLE) decoded with pycocotools, as ``REFER.getMask`` does.
+(polygons or RLE) decoded with pycocotools, as ``REFER.getMask`` does. Annotations are drawn on
+the pixels as stored, so images are read without their EXIF orientation; an image file whose size
+differs from the one in ``instances.json`` is left out, with a warning that counts them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import os
 import pickle
 from pathlib import Path
 
+from ..image_files import stored_size
 from .data import CocoSegmentation, Record, check_exists
 
 log = logging.getLogger(__name__)
@@ -67,22 +70,45 @@ def load_refer(data_root: str | os.PathLike, dataset: str, split_by: str, split:
     with open(instances_path) as handle:
         instances = json.load(handle)
     image_files = {img["id"]: img["file_name"] for img in instances["images"]}
+    image_sizes = {img["id"]: (img["height"], img["width"]) for img in instances["images"]}
     segmentations = {ann["id"]: ann["segmentation"] for ann in instances["annotations"]}
 
     chosen = [ref for ref in refs if ref["split"] == split]
     if not chosen:
         splits = sorted({ref["split"] for ref in refs})
         raise ValueError(f"{dataset} ({split_by}) has no split '{split}'; its splits are {splits}")
-    records, missing = [], set()
+    records, annotated_sizes = [], {}
     for ref in chosen:
         path = str(images / image_files[ref["image_id"]])
         mask = CocoSegmentation(segmentations[ref["ann_id"]])
         for sentence in ref["sentences"]:
             records.append(Record(path, sentence.get("sent") or sentence["raw"], mask))
-        missing.add(path)
-    missing = sorted(p for p in missing if not os.path.exists(p))
+        annotated_sizes[path] = image_sizes[ref["image_id"]]
+    missing = sorted(p for p in annotated_sizes if not os.path.exists(p))
     if missing:
         raise FileNotFoundError(f"{len(missing)} image(s) of {dataset} {split} are missing, e.g. '{missing[0]}'. "
                                 f"Expected layout:\n{LAYOUT}")
+    records = without_misfit_images(records, annotated_sizes, f"{dataset} ({split_by}) {split}")
     log.info("%s (%s) %s: %d sentences about %d objects", dataset, split_by, split, len(records), len(chosen))
     return records
+
+
+def without_misfit_images(records: list[Record], annotated_sizes: dict[str, tuple[int, int]],
+                          what: str) -> list[Record]:
+    """``records`` less those whose image file is not the (height, width) its annotation was drawn
+    on (a resized or replaced copy: the mask would not line up), with a warning that counts them.
+    Checked here, from the file headers, so that a bad file cannot stop a run part-way through."""
+    misfits = {}
+    for path, size in annotated_sizes.items():
+        stored = stored_size(path)
+        if stored != size:
+            misfits[path] = (stored, size)
+    if not misfits:
+        return records
+    kept = [record for record in records if record.image not in misfits]
+    path, ((height, width), (annotated_height, annotated_width)) = min(misfits.items())
+    log.warning("%s: %d image file(s) differ in size from instances.json, e.g. '%s' is %dx%d pixels but annotated "
+                "at %dx%d; their %d sentence(s) are left out (the masks would not line up). Replace them with the "
+                "original COCO train2014 files to train on them.", what, len(misfits), path, width, height,
+                annotated_width, annotated_height, len(records) - len(kept))
+    return kept

@@ -1,7 +1,8 @@
 """Trainer checkpoints: everything needed to continue a run exactly, without pickled objects.
 
 ``trainer_state.pt`` is ``torch.save`` of plain dicts, lists, numbers, strings and tensors (FPN
-weights, Adam state, gradient-scaler state, RNG states, step, config), so it loads with
+weights, Adam state, gradient-scaler state, RNG states, step, config, the training data's
+fingerprint), so it loads with
 ``torch.load(..., weights_only=True)``. It is written to a temporary file in the same folder
 and renamed over the old one, so a crash never leaves a half-written checkpoint. The FPN
 alone, for inference, is ``fpn.safetensors`` (:func:`affordance_clip_ros.model.save_fpn`).
@@ -47,8 +48,9 @@ def save_trainer_state(path: str | os.PathLike, state: dict) -> Path:
 
 
 def trainer_state(step: int, config: dict, world_size: int, fpn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scaler: torch.amp.GradScaler) -> dict:
-    return {"step": int(step), "config": dict(config), "world_size": int(world_size),
+                  scaler: torch.amp.GradScaler, train_data: dict) -> dict:
+    """``train_data``: the training set's fingerprint (:meth:`ReferringDataset.fingerprint`)."""
+    return {"step": int(step), "config": dict(config), "world_size": int(world_size), "train_data": dict(train_data),
             "fpn": {k: v.detach().cpu() for k, v in fpn.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state()}
 

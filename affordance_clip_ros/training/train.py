@@ -16,7 +16,10 @@ Resume an interrupted run (same data order, same result)::
 
 ``batch_size`` is the effective batch over all processes; each process runs micro-batches of
 ``micro_batch_size`` and accumulates ``batch_size / (micro_batch_size x processes)`` of them per
-optimizer step. Only process 0 logs and writes files; process r seeds with seed + r.
+optimizer step. The FPN's BatchNorm normalises over one forward pass: under DDP on CUDA over the
+micro-batches of all processes (SyncBatchNorm), else over each process's micro-batch; with
+accumulation that is fewer images than the batch (a warning says so). Only process 0 logs and
+writes files; process r seeds with seed + r.
 """
 from __future__ import annotations
 
@@ -83,6 +86,24 @@ def plan_batches(config: TrainConfig, samples_per_process: int, world_size: int)
                          f"{micro * accumulation}; lower --batch-size or add data")
     total = config.max_steps or config.epochs * steps_per_epoch
     return BatchPlan(micro, accumulation, steps_per_epoch, total)
+
+
+def build_fpn(clip: FrozenCLIP, config: TrainConfig, device: torch.device, sync_batchnorm: bool) -> AffordanceFPN:
+    """The FPN to train. ``sync_batchnorm`` (DDP on CUDA): its BatchNorm layers become SyncBatchNorm,
+    with the same parameter and buffer names, so its checkpoints load into a plain FPN."""
+    fpn = AffordanceFPN(FPNConfig(clip.feature_channels, clip.embed_dim, config.width, config.levels))
+    if sync_batchnorm:
+        fpn = torch.nn.SyncBatchNorm.convert_sync_batchnorm(fpn)
+    fpn.to(device)
+    if config.channels_last:
+        fpn.to(memory_format=torch.channels_last)
+    return fpn
+
+
+def batchnorm_images(plan: BatchPlan, ctx: distributed.DistContext) -> int:
+    """Images whose statistics each BatchNorm normalisation uses: one micro-batch, of every process
+    when they are synchronised."""
+    return plan.micro_batch * (ctx.world_size if ctx.syncs_batchnorm else 1)
 
 
 def get_lr(step: int, config: TrainConfig, total_steps: int) -> float:
@@ -239,15 +260,15 @@ class _Run:
         if state is not None:
             self._check_resumable(state)
         self._build_data()  # before CLIP: a data error should not wait for the model to load
+        if state is not None:
+            self._check_same_data(state)
         torch.manual_seed(config.seed)  # the same random CLIP (pretrained=none) and FPN init in every process
         # No text cache: a cached embedding would depend on which batch first computed it (batched
         # matmuls round differently), so a resumed run would drift from an uninterrupted one.
         self.clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, self.device, text_cache_size=0)
-        self.fpn = AffordanceFPN(FPNConfig(self.clip.feature_channels, self.clip.embed_dim, config.width,
-                                           config.levels)).to(self.device)
+        self.fpn = build_fpn(self.clip, config, self.device, ctx.syncs_batchnorm)
         if config.channels_last:
             self.clip.to(memory_format=torch.channels_last)
-            self.fpn.to(memory_format=torch.channels_last)
         torch.manual_seed(config.seed + ctx.rank)
         random.seed(config.seed + ctx.rank)
         np.random.seed((config.seed + ctx.rank) % 2**32)
@@ -288,9 +309,23 @@ class _Run:
             raise ValueError(f"the checkpoint was written by {state['world_size']} process(es) and this run has "
                              f"{self.ctx.world_size}; resume with the same number so the data order continues")
 
+    def _check_same_data(self, state: dict) -> None:
+        """Refuse to resume on training data other than the checkpoint's: the position in the data
+        order would point at other samples."""
+        saved = state.get("train_data")
+        if saved is None:
+            log.warning("The checkpoint does not record its training data; cannot check that it is unchanged.")
+        elif saved != self.train_fingerprint:
+            raise ValueError(f"the training data differs from the checkpoint's: {self.train_fingerprint['samples']} "
+                             f"samples (digest {self.train_fingerprint['digest']}) now, {saved['samples']} "
+                             f"({saved['digest']}) when it was written, so the run would not continue its data "
+                             f"order. Resume with the same data (--data-root and --coco-images pointing at the same "
+                             f"files), or start a new run with another --out-dir.")
+
     def _build_data(self) -> None:
         c, ctx = self.config, self.ctx
         self.train_set = build_dataset(c.train_data, c.train_split, c.input_size, c.data_root, c.coco_images)
+        self.train_fingerprint = self.train_set.fingerprint()
         self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, c.seed)
         self.plan = plan_batches(c, self.sampler.num_samples, ctx.world_size)
         self.loader = _loader(self.train_set, self.plan.micro_batch, c, self.device, self.sampler, training=True)
@@ -308,7 +343,8 @@ class _Run:
         recipe = {**self.config.to_dict(), "step": self.step}
         save_fpn(self.out / FPN_FILE, self.fpn, self.config.clip_model, self.config.input_size, recipe)
         save_trainer_state(self.out / STATE_FILE, trainer_state(self.step, self.config.to_dict(), self.ctx.world_size,
-                                                                self.fpn, self.optimizer, self.scaler))
+                                                                self.fpn, self.optimizer, self.scaler,
+                                                                self.train_fingerprint))
 
     def run_validation(self) -> ValidationResult | None:
         if self.val_loader is None:
@@ -334,6 +370,11 @@ class _Run:
                      count_trainable_parameters(self.fpn), len(self.train_set), plan.total_steps, c.batch_size,
                      plan.micro_batch, plan.accumulation, ctx.world_size, plan.steps_per_epoch, self.device,
                      {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype])
+            normalised = batchnorm_images(plan, ctx)
+            if normalised < c.batch_size:
+                log.warning("BatchNorm statistics come from micro-batches of %d images, not from the whole batch of "
+                            "%d: the run approximates batch-%d training (a larger --micro-batch-size, or more GPUs, "
+                            "brings it closer)", normalised, c.batch_size, c.batch_size)
         self.fpn.train()
         bar = tqdm(total=plan.total_steps, initial=self.step, desc="train", unit="step", disable=not ctx.is_main,
                    dynamic_ncols=True)
