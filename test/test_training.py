@@ -26,7 +26,8 @@ from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
 from affordance_clip_ros.training.data import Record, ReferringDataset, ResumableSampler, letterbox_mask
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
 from affordance_clip_ros.training.distributed import DistContext
-from affordance_clip_ros.training.train import build_fpn, plan_batches, resume_config, training_dtype
+from affordance_clip_ros.training.train import (build_fpn, plan_batches, resume_config, training_dtype,
+                                                warn_of_shared_images)
 
 TINY_ARGS = ["--clip-model", "RN-tiny", "--clip-pretrained", "none", "--device", "cpu"]
 TINY = dict(clip_model="RN-tiny", clip_pretrained="none", device="cpu", num_workers=0)
@@ -262,6 +263,40 @@ def test_sampler_order_depends_on_seed_and_epoch_and_resumes_part_way():
     assert set(shards[0]) | set(shards[1]) == set(data) and len(shards[0]) == len(shards[1]) == 12
 
 
+def test_per_object_epochs_draw_one_sentence_of_each_object_reproducibly():
+    """sample_unit=object (CRIS): an epoch passes over objects, each with one of its sentences
+    drawn anew per epoch; the draw depends only on (seed, epoch, object), also in workers."""
+    sentences = {"a": ["the cup", "white mug", "cup on the left"], "b": ["the knife"], "c": ["red chair", "seat"]}
+    records = [Record(f"/{ref}.jpg", text, None, ref) for ref, texts in sentences.items() for text in texts]
+    objects = ReferringDataset(records, 64, per_object=True, seed=5)
+    assert len(objects) == 3 and len(ReferringDataset(records, 64)) == 6
+
+    def epoch_sentences(dataset, epoch):
+        sampler = ResumableSampler(dataset, 1, 0, seed=5)
+        sampler.set_position(epoch=epoch, start=0)
+        return {dataset.record(i).referent: dataset.record(i).sentence for i in sampler}
+    epochs = [epoch_sentences(objects, e) for e in range(20)]
+    for drawn in epochs:
+        assert set(drawn) == {"a", "b", "c"} and all(drawn[ref] in sentences[ref] for ref in drawn)
+    assert {drawn["a"] for drawn in epochs} == set(sentences["a"])  # every sentence comes up over the epochs
+    assert epochs == [epoch_sentences(ReferringDataset(records, 64, per_object=True, seed=5), e) for e in range(20)]
+    other_seed = ReferringDataset(records, 64, per_object=True, seed=6)
+    assert [epoch_sentences(other_seed, e) for e in range(20)] != epochs
+    assert TrainConfig().sample_unit == "object"
+    with pytest.raises(ValueError, match="sample_unit"):
+        TrainConfig(sample_unit="image")
+
+
+def test_validation_images_that_are_also_training_images_are_counted_with_a_warning(caplog):
+    train_set = ReferringDataset([Record("/coco/1.jpg", "cup", None), Record("/coco/2.jpg", "mug", None)], 64)
+    val_set = ReferringDataset([Record("/elsewhere/2.jpg", "the mug", None), Record("/coco/3.jpg", "jug", None)], 64)
+    assert warn_of_shared_images(train_set, val_set) == 1
+    assert "1 of the 2 validation images are also training images" in caplog.text
+    caplog.clear()
+    assert warn_of_shared_images(train_set, ReferringDataset([Record("/coco/4.jpg", "jug", None)], 64)) == 0
+    assert not caplog.text
+
+
 # ----------------------------------------------------------------------------- end to end
 def test_one_training_step_on_refer_data_gives_a_checkpoint_for_grounder_and_infer(tmp_path, caplog):
     write_tiny_refer(tmp_path / "refer")
@@ -385,7 +420,7 @@ def test_resume_refuses_training_data_that_changed(tmp_path, caplog):
                          input_size=64, batch_size=2, max_steps=1, out_dir=str(tmp_path / "run"))
     train(config)
     state = torch.load(tmp_path / "run" / "trainer_state.pt", weights_only=True)
-    samples = len(build_dataset("refcoco:unc", "train", 64, str(tmp_path / "data")))
+    samples = len(build_dataset("refcoco:unc", "train", 64, str(tmp_path / "data"), per_object=True))
     assert state["train_data"]["samples"] == samples
     assert main(["train", "--resume", str(tmp_path / "run"), "--data-root", str(tmp_path / "other"),
                  "--max-steps", "2"]) == 2

@@ -32,6 +32,9 @@ class TrainConfig:
     val_data: str = _f("refcoco:unc", "validation sources (same syntax as train_data); empty = no validation")
     val_split: str = _f("val", "split of the refer sources used for validation")
     val_samples: int = _f(0, "validate on this many evenly spaced samples; 0 = the whole split")
+    sample_unit: str = _f("object", "what one epoch passes over: object = each referred object once, with one of "
+                                    "its sentences drawn at random each epoch (CRIS, whose recipe the paper "
+                                    "follows); sentence = every sentence once. Validation scores every sentence")
     # ---- optimisation (paper Sec. 4.3: 1 epoch, batch 32, Adam, lr 1e-4)
     epochs: int = _f(1, "passes over the training set")
     max_steps: int = _f(0, "optimizer steps to run; 0 = epochs x steps per epoch")
@@ -85,6 +88,8 @@ class TrainConfig:
             problems.append("lr must be > 0 and min_lr, grad_clip, weight_decay >= 0")
         if self.lr_schedule not in ("constant", "cosine"):
             problems.append(f"lr_schedule must be 'constant' or 'cosine', got '{self.lr_schedule}'")
+        if self.sample_unit not in ("object", "sentence"):
+            problems.append(f"sample_unit must be 'object' or 'sentence', got '{self.sample_unit}'")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             problems.append(f"precision must be auto, fp32, bf16 or fp16, got '{self.precision}'")
         if not 0.0 < self.iou_threshold < 1.0:

@@ -68,11 +68,13 @@ MaskSource = Union[CocoSegmentation, PngMask]
 
 @dataclass(frozen=True)
 class Record:
-    """One training sample: an image, one referring sentence, and the mask it refers to."""
+    """One referring sentence: its image, the sentence and the mask it refers to. ``referent``
+    names the object (the sentences of one object share it); empty = an object of its own."""
 
     image: str
     sentence: str
     mask: MaskSource
+    referent: str = ""
 
 
 # ---------------------------------------------------------------------------------------- images
@@ -96,19 +98,39 @@ def letterbox_mask(mask: np.ndarray, box: Letterbox) -> torch.Tensor:
 class ReferringDataset(Dataset):
     """Records -> letterboxed model inputs. Runs in DataLoader workers.
 
+    ``per_object=False``: one sample per sentence. ``per_object=True``: one sample per referred
+    object, with one of its sentences drawn at random each epoch (as CRIS trains). The draw depends
+    only on (seed, epoch, object), so a resumed run draws the same. An index may carry its epoch
+    as ``epoch * len(dataset) + index`` (what :class:`ResumableSampler` yields); a plain index
+    means epoch 0.
+
     Item: ``pixels`` (3, S, S) float normalised for CLIP, ``mask`` (S, S) uint8, ``box`` (4,) int
     (top, left, rows, cols) of the image inside the input, ``text`` str.
     """
 
-    def __init__(self, records: Sequence[Record], input_size: int):
+    def __init__(self, records: Sequence[Record], input_size: int, per_object: bool = False, seed: int = 0):
         self.records = list(records)
         self.input_size = input_size
+        self.per_object, self.seed = per_object, seed
+        groups: dict[str, list[int]] = {}
+        for i, record in enumerate(self.records):
+            groups.setdefault(record.referent or f"#{i}", []).append(i)
+        self.objects = list(groups.values()) if per_object else [[i] for i in range(len(self.records))]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.objects)
+
+    def record(self, index: int) -> Record:
+        """The record behind ``index`` (which may carry its epoch, see the class docstring)."""
+        epoch, index = divmod(index, len(self.objects))
+        sentences = self.objects[index]
+        if len(sentences) == 1:
+            return self.records[sentences[0]]
+        draw = np.random.default_rng((self.seed, epoch, index)).integers(len(sentences))
+        return self.records[sentences[draw]]
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
+        record = self.record(index)
         image = read_rgb(record.image)  # stored pixel layout, the frame of the annotations (EXIF ignored)
         mask = record.mask.decode(*image.shape[:2])
         pixels, [box] = letterbox_batch([torch.from_numpy(image)], self.input_size)
@@ -122,14 +144,14 @@ class ReferringDataset(Dataset):
         digest = hashlib.sha256()
         for record in self.records:
             digest.update(f"{os.path.basename(record.image)}\t{record.sentence}\n".encode())
-        return {"samples": len(self.records), "digest": digest.hexdigest()[:16]}
+        return {"samples": len(self), "digest": digest.hexdigest()[:16]}
 
     def subset(self, count: int) -> "ReferringDataset":
         """``count`` evenly spaced records (all when count is 0 or too large), in order."""
         if count <= 0 or count >= len(self.records):
             return self
         picks = np.linspace(0, len(self.records) - 1, count).round().astype(int)
-        return ReferringDataset([self.records[i] for i in picks], self.input_size)
+        return ReferringDataset([self.records[i] for i in picks], self.input_size, self.per_object, self.seed)
 
 
 def worker_init(_: int) -> None:
@@ -137,8 +159,10 @@ def worker_init(_: int) -> None:
     cv2.setNumThreads(1)
 
 
-def build_dataset(sources: str, split: str, input_size: int, data_root: str, coco_images: str = "") -> ReferringDataset:
-    """``sources``: comma-separated ``dataset:splitBy`` (refer toolkit, under ``data_root``) or ``*.jsonl`` files."""
+def build_dataset(sources: str, split: str, input_size: int, data_root: str, coco_images: str = "",
+                  per_object: bool = False, seed: int = 0) -> ReferringDataset:
+    """``sources``: comma-separated ``dataset:splitBy`` (refer toolkit, under ``data_root``) or ``*.jsonl``
+    files; ``per_object``, ``seed``: see :class:`ReferringDataset`."""
     from .jsonl import load_jsonl
     from .refcoco import load_refer
 
@@ -154,7 +178,7 @@ def build_dataset(sources: str, split: str, input_size: int, data_root: str, coc
             records += load_refer(data_root, name, split_by, split, coco_images or None)
     if not records:
         raise ValueError(f"no samples in '{sources}' (split '{split}')")
-    return ReferringDataset(records, input_size)
+    return ReferringDataset(records, input_size, per_object, seed)
 
 
 # ---------------------------------------------------------------------------------------- order
@@ -178,7 +202,10 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
+        # Each index carries its epoch (epoch * dataset size + index): the dataset can then draw
+        # per epoch (ReferringDataset per object) in worker processes that never see set_epoch.
+        offset = self.epoch * len(self.dataset)
+        return iter([offset + i for i in list(super().__iter__())[self.start:]])
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -77,5 +77,5 @@ def load_jsonl(path: str | os.PathLike) -> list[Record]:
             except (ValueError, FileNotFoundError) as e:
                 kind = FileNotFoundError if isinstance(e, FileNotFoundError) else ValueError
                 raise kind(f"{path}:{number}: {e}") from e
-            records += [Record(image, s.strip(), mask) for s in sentences]
+            records += [Record(image, s.strip(), mask, f"{path}:{number}") for s in sentences]
     return records

@@ -1,6 +1,6 @@
 """Reader for RefCOCO, RefCOCO+ and RefCOCOg in the refer toolkit's layout (github.com/lichengunc/refer).
 
-One sample per referring sentence; its mask is the referred COCO annotation's segmentation
+One record per referring sentence, tagged with its object (``dataset(splitBy):ref_id``); its mask is the referred COCO annotation's segmentation
 (polygons or RLE) decoded with pycocotools, as ``REFER.getMask`` does. Annotations are drawn on
 the pixels as stored, so images are read without their EXIF orientation; an image file whose size
 differs from the one in ``instances.json`` is left out, with a warning that counts them.
@@ -82,7 +82,8 @@ def load_refer(data_root: str | os.PathLike, dataset: str, split_by: str, split:
         path = str(images / image_files[ref["image_id"]])
         mask = CocoSegmentation(segmentations[ref["ann_id"]])
         for sentence in ref["sentences"]:
-            records.append(Record(path, sentence.get("sent") or sentence["raw"], mask))
+            records.append(Record(path, sentence.get("sent") or sentence["raw"], mask,
+                                  f"{dataset}({split_by}):{ref['ref_id']}"))
         annotated_sizes[path] = image_sizes[ref["image_id"]]
     missing = sorted(p for p in annotated_sizes if not os.path.exists(p))
     if missing:

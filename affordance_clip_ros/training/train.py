@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ..model import AffordanceFPN, FPNConfig, FrozenCLIP, count_trainable_parameters, paired_pixel_text_logits, save_fpn
 from . import distributed
 from .config import RESUME_OVERRIDABLE, TrainConfig
-from .data import ResumableSampler, build_dataset, worker_init
+from .data import ReferringDataset, ResumableSampler, build_dataset, worker_init
 from .loss import iou_counts, per_sample_iou, pixel_text_loss
 from .report import TRAIN_COLUMNS, VAL_COLUMNS, CsvLog, save_prediction_grid
 from .state import (FPN_FILE, STATE_FILE, load_trainer_state, restore_rng, save_trainer_state, trainer_state)
@@ -144,10 +144,30 @@ def forward_logits(clip: FrozenCLIP, fpn: torch.nn.Module, batch: dict, device: 
         return paired_pixel_text_logits(fpn(features), text)
 
 
+def warn_of_shared_images(train_set: ReferringDataset, val_set: ReferringDataset) -> int:
+    """Warn when validation images are also training images, and return how many: RefCOCO,
+    RefCOCO+ and RefCOCOg split COCO train2014 each in their own way, so RefCOCOg's train split
+    holds images of RefCOCO's val split, and the validation IoU comes out optimistic."""
+    train_images = {os.path.basename(record.image) for record in train_set.records}
+    shared = {os.path.basename(record.image) for record in val_set.records} & train_images
+    if shared:
+        log.warning("%d of the %d validation images are also training images (the refer datasets split COCO "
+                    "independently): read the validation IoU as a training monitor, not a held-out score; "
+                    "AGD20K (affordance-clip evaluate) is the held-out test.", len(shared),
+                    len({record.image for record in val_set.records}))
+    return len(shared)
+
+
+def saved_config(state: dict) -> TrainConfig:
+    """The configuration in a trainer state; checkpoints written before ``sample_unit`` existed
+    passed over sentences."""
+    return TrainConfig.from_dict({"sample_unit": "sentence", **state["config"]})
+
+
 def resume_config(resume: str | os.PathLike, overrides: dict) -> TrainConfig:
     """The configuration saved in a run's trainer state, with the overrides resuming allows."""
     state = load_trainer_state(resume)
-    saved = TrainConfig.from_dict(state["config"])
+    saved = saved_config(state)
     refused = sorted(k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and getattr(saved, k) != v)
     if refused:
         raise ValueError(f"cannot change {refused} when resuming (the run would not continue the same "
@@ -299,7 +319,7 @@ class _Run:
             self.val_log = CsvLog(self.out / "val_log.csv", VAL_COLUMNS, keep_until=keep)
 
     def _check_resumable(self, state: dict) -> None:
-        saved = TrainConfig.from_dict(state["config"])
+        saved = saved_config(state)
         changed = sorted(f.name for f in dataclasses.fields(saved)
                          if f.name not in RESUME_OVERRIDABLE and getattr(saved, f.name) != getattr(self.config, f.name))
         if changed:
@@ -324,7 +344,8 @@ class _Run:
 
     def _build_data(self) -> None:
         c, ctx = self.config, self.ctx
-        self.train_set = build_dataset(c.train_data, c.train_split, c.input_size, c.data_root, c.coco_images)
+        self.train_set = build_dataset(c.train_data, c.train_split, c.input_size, c.data_root, c.coco_images,
+                                       per_object=c.sample_unit == "object", seed=c.seed)
         self.train_fingerprint = self.train_set.fingerprint()
         self.sampler = ResumableSampler(self.train_set, ctx.world_size, ctx.rank, c.seed)
         self.plan = plan_batches(c, self.sampler.num_samples, ctx.world_size)
@@ -333,6 +354,8 @@ class _Run:
         if c.val_data.strip():
             val_set = build_dataset(c.val_data, c.val_split, c.input_size, c.data_root, c.coco_images)
             val_set = val_set.subset(c.val_samples)
+            if ctx.is_main:
+                warn_of_shared_images(self.train_set, val_set)
             shard = Subset(val_set, range(ctx.rank, len(val_set), ctx.world_size))
             self.val_loader = _loader(shard, max(2, self.plan.micro_batch), c, self.device)
 
