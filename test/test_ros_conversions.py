@@ -5,20 +5,25 @@ Run through the ROS environment after `make build`:
 """
 from __future__ import annotations
 
+import struct
 import sys
+import zlib
 
+import cv2
 import numpy as np
 import pytest
+import skimage.data
 
 pytest.importorskip("sensor_msgs.msg", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from affordance_clip_ros.ros.conversions import (ENCODINGS, ImageConversionError, image_to_numpy,  # noqa: E402
-                                                 numpy_to_image, rgb_from_image)
+                                                 numpy_to_image, rgb_from_compressed, rgb_from_image,
+                                                 rgb_from_message)
 
 RNG = np.random.default_rng(7)
 HOST_BIG = sys.byteorder == "big"
@@ -202,3 +207,46 @@ def test_fuzz_rgb_from_image(msg):
         assert isinstance(e, ImageConversionError)
         return
     assert got.dtype == np.uint8 and got.shape == (msg.height, msg.width, 3)
+
+
+# --- CompressedImage (image_transport's compressed plugin) ----------------------------------------
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height but holds no pixel data (a decompression bomb's shape)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+def test_compressed_jpeg_and_png_decode_to_rgb():
+    rgb = skimage.data.astronaut()[::4, ::4].copy()
+    png = CompressedImage(format="rgb8; png compressed bgr8", data=cv2.imencode(".png", rgb[..., ::-1])[1].tobytes())
+    np.testing.assert_array_equal(rgb_from_compressed(png, 10**6), rgb)  # lossless
+    jpeg = CompressedImage(format="jpeg", data=cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+                           .tobytes())
+    got = rgb_from_message(jpeg, 10**6)
+    assert got.shape == rgb.shape and np.abs(got.astype(int) - rgb).mean() < 4  # colour order kept
+    grey = CompressedImage(format="mono8; jpeg compressed mono8", data=cv2.imencode(".jpg", rgb[..., 0])[1].tobytes())
+    assert rgb_from_compressed(grey, 10**6).shape == rgb.shape
+
+
+@pytest.mark.parametrize("name, msg, match", [
+    ("over_limit", CompressedImage(format="png", data=png_header_only(9000, 9000)), "9000x9000 is larger than"),
+    ("bomb", CompressedImage(format="png", data=png_header_only(100_000, 100_000)), "decompression bomb"),
+    ("garbage", CompressedImage(format="jpeg", data=b"\xff\xd8 not a jpeg"), "cannot be read"),
+    ("empty", CompressedImage(format="jpeg", data=b""), "cannot be read"),
+    ("truncated", CompressedImage(format="png", data=png_header_only(64, 48)), "cannot be decoded"),
+    ("depth", CompressedImage(format="16UC1; compressedDepth png", data=b""), "compressed depth"),
+])
+def test_bad_compressed_images_are_refused_before_decoding(name, msg, match):
+    with pytest.raises(ImageConversionError, match=match):
+        rgb_from_compressed(msg, 8192 * 8192)
+
+
+def test_raw_images_over_the_pixel_limit_are_refused_before_any_copy():
+    msg = Image(height=100_000, width=100_000, encoding="rgb8", step=300_000, data=bytes(12))
+    with pytest.raises(ImageConversionError, match="larger than"):
+        rgb_from_message(msg, 8192 * 8192)

@@ -211,7 +211,7 @@ def test_yaml_defaults_equal_the_parameter_table():
 
 def test_parameter_descriptors():
     read_only = {spec.name for spec in params.PARAMS if spec.read_only}
-    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "image_qos"}
+    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "image_qos", "image_transport"}
     for spec in params.PARAMS:
         d = spec.descriptor()
         assert d.description and d.name == spec.name

@@ -22,8 +22,8 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_r
 
 import cv2  # noqa: E402
 import skimage.data  # noqa: E402
-from rclpy.qos import ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
@@ -315,6 +315,43 @@ def test_bad_images_are_rejected_counted_and_the_next_frame_works(robust, coffee
     log = node.log()
     assert "image rejected: encoding 'yuv422' is not a colour image" in log and "Traceback" not in log
     assert node.running()
+
+
+def test_compressed_images_on_the_image_transport_topic(coffee, tmp_path):
+    """image_transport: compressed: JPEG frames on <image>/compressed (what image_transport's
+    compressed plugin publishes) give results at the frame's size; an undecodable one is rejected
+    and counted, and the node goes on."""
+    node, domain, ns = start_node("compressed", salt=5, log_path=tmp_path / "node.log", prompts="hold",
+                                  image_transport="compressed")
+    client = harness.GroundingClient(ns, domain)
+    try:
+        publisher = client.node.create_publisher(CompressedImage, f"{client.image_topic}/compressed",
+                                                 QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        jpeg = cv2.imencode(".jpg", coffee[..., ::-1])[1].tobytes()
+
+        def publish(data: bytes, frame_id: str) -> None:
+            publisher.publish(CompressedImage(header=client.header(frame_id=frame_id), format="rgb8; jpeg compressed "
+                                              "bgr8", data=data))
+
+        def stream_until_result(frame_id: str):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                publish(jpeg, frame_id)
+                if found := client.wait_for(lambda: [r for r in client.results if r.header.frame_id == frame_id], 0.25):
+                    return found[0]
+            return None
+        result = stream_until_result("jpeg")
+        assert result is not None, node.log()
+        assert (result.maps[0].heatmap.height, result.maps[0].heatmap.width) == coffee.shape[:2]
+        before = counters(client)["frames_rejected"]
+        publish(b"\xff\xd8 not a jpeg", "broken")
+        time.sleep(0.5)
+        assert stream_until_result("after_broken") is not None
+        assert counters(client)["frames_rejected"] == before + 1
+        assert "image rejected: compressed image" in node.log() and node.running()
+    finally:
+        client.close()
+        node.stop()
 
 
 def test_exception_inside_inference_is_logged_and_the_frame_skipped(robust, coffee):

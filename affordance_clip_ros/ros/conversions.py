@@ -25,11 +25,14 @@ mono16     uint16   1         grey image (brightest pixel -> 255)
 """
 from __future__ import annotations
 
+import io
 import sys
 from typing import NamedTuple
 
+import cv2
 import numpy as np
-from sensor_msgs.msg import Image
+from PIL import Image as PILImage
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 
@@ -123,6 +126,36 @@ def rgb_from_image(msg: Image) -> np.ndarray:
         scale = 255.0 / max(int(array.max(initial=0)), 255)
         array = np.round(array * scale).astype(np.uint8)
     return np.repeat(array[..., None], 3, axis=2)
+
+
+def rgb_from_compressed(msg: CompressedImage, max_pixels: int) -> np.ndarray:
+    """A CompressedImage (JPEG or PNG, as image_transport's compressed plugin publishes) -> uint8
+    RGB (H, W, 3). The size is read from the header first, so a file claiming more than
+    ``max_pixels`` is refused before any pixel is decoded."""
+    if "compresseddepth" in msg.format.lower().replace(" ", ""):
+        raise ImageConversionError(f"format '{msg.format}' is compressed depth; the image topic takes colour")
+    data = bytes(msg.data)
+    try:
+        with PILImage.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception as e:  # noqa: BLE001 - PIL raises several kinds for data that is not an image
+        raise ImageConversionError(f"compressed image (format '{msg.format}') cannot be read: {e}") from None
+    if width * height > max_pixels:
+        raise ImageConversionError(f"compressed image of {width}x{height} is larger than {max_pixels} pixels")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if bgr is None:
+        raise ImageConversionError(f"compressed image (format '{msg.format}', {width}x{height}) cannot be decoded")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def rgb_from_message(msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:
+    """Either kind of camera message -> uint8 RGB (H, W, 3); larger than ``max_pixels`` is refused
+    before any copy is made."""
+    if isinstance(msg, CompressedImage):
+        return rgb_from_compressed(msg, max_pixels)
+    if msg.width * msg.height > max_pixels:
+        raise ImageConversionError(f"{msg.width}x{msg.height} is larger than {max_pixels} pixels")
+    return rgb_from_image(msg)
 
 
 def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:

@@ -40,7 +40,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.subscription import MessageInfo
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
@@ -50,7 +50,7 @@ from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
 from ..visualization import draw_overlay
 from . import params
-from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_image
+from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
 from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, ThrottledLog, stamp_ns
 from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, deproject_pixels
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
@@ -132,8 +132,12 @@ class GroundingNode(Node):
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS, callback_group=query,
                                  event_callbacks=volatile_ok)
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS, callback_group=query)
-        self._sensor_subs: dict[str, tuple] = {}  # topic -> (subscription, reliability, msg type, callback)
-        self._subscribe_sensor("image", Image, self._on_image, sensors)
+        self._sensor_subs: dict[str, tuple] = {}  # role -> (subscription, reliability, msg type, callback)
+        if self.settings.image_transport == "compressed":  # image_transport's name: <remapped image>/compressed
+            self._subscribe_sensor("image", CompressedImage, self._on_image, sensors,
+                                   topic=self.resolve_topic_name("image") + "/compressed")
+        else:
+            self._subscribe_sensor("image", Image, self._on_image, sensors)
         if self.settings.use_depth:
             self._subscribe_sensor("depth", Image, self._depth.add, sensors)
             self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info, sensors)
@@ -208,7 +212,7 @@ class GroundingNode(Node):
             return
         self.set_parameters([Parameter("prompts", value=join_prompts(parsed.prompts))])
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.count("received")
         if self.settings.use_depth:  # depth older than this frame's pairing window is of no use any more
             self._depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
@@ -266,9 +270,7 @@ class GroundingNode(Node):
     def _process(self, frame: Frame) -> None:
         s, msg = self.settings, frame.msg
         try:
-            if msg.width * msg.height > MAX_IMAGE_PIXELS:
-                raise ImageConversionError(f"{msg.width}x{msg.height} is larger than {MAX_IMAGE_PIXELS} pixels")
-            rgb = rgb_from_image(msg)
+            rgb = rgb_from_message(msg, MAX_IMAGE_PIXELS)
         except ImageConversionError as e:
             self.stats.count("rejected")
             self.throttled.warning("rejected", f"image rejected: {e}")
@@ -283,7 +285,7 @@ class GroundingNode(Node):
         if downscaled:
             self.stats.count("downscaled")
             self.throttled.warning("downscaled",
-                           f"{msg.width}x{msg.height} frame downscaled to {MAX_INFERENCE_SIDE} px for inference")
+                           f"{rgb.shape[1]}x{rgb.shape[0]} frame downscaled to {MAX_INFERENCE_SIDE} px for inference")
         points = self._points_3d(msg, depth, rgb.shape[:2], predictions, s) if s.use_depth else []
         points += [None] * (len(predictions) - len(points))
         self._publish(msg.header, rgb, predictions, points, inference_ms, s)
@@ -395,22 +397,24 @@ class GroundingNode(Node):
             problems.append(f"no image on {self._sensor_subs['image'][0].topic_name} for {silent_s:.0f} s")
         return problems
 
-    def _subscribe_sensor(self, topic: str, msg_type, callback, group, reliability=None) -> None:
-        """(Re)create a sensor subscription; image_qos decides the reliability unless given."""
+    def _subscribe_sensor(self, role: str, msg_type, callback, group, reliability=None, topic: str = "") -> None:
+        """(Re)create the subscription of ``role`` (image, depth, camera_info) on ``topic`` (default:
+        the role's own name); image_qos decides the reliability unless given."""
+        topic = topic or role
         if reliability is None:
             reliability = (ReliabilityPolicy.RELIABLE if self.settings.image_qos == "reliable"
                            else ReliabilityPolicy.BEST_EFFORT)  # best effort also matches reliable publishers
         qos = RELIABLE_SENSOR_QOS if reliability == ReliabilityPolicy.RELIABLE else BEST_EFFORT_SENSOR_QOS
-        if topic in self._sensor_subs:
-            self.destroy_subscription(self._sensor_subs[topic][0])
-        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if topic == "image" else None
+        if role in self._sensor_subs:
+            self.destroy_subscription(self._sensor_subs[role][0])
+        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if role == "image" else None
         sub = self.create_subscription(msg_type, topic, callback, qos, callback_group=group, event_callbacks=events)
-        self._sensor_subs[topic] = (sub, reliability, msg_type, callback)
+        self._sensor_subs[role] = (sub, reliability, msg_type, callback)
 
     def _match_publisher_qos(self) -> None:
         """image_qos=auto (as image_pipeline does): subscribe reliable when every publisher of the
         topic is reliable (no loss to a best-effort reader), best effort otherwise."""
-        for topic, (sub, current, msg_type, callback) in list(self._sensor_subs.items()):
+        for role, (sub, current, msg_type, callback) in list(self._sensor_subs.items()):
             publishers = self.get_publishers_info_by_topic(sub.topic_name)
             if not publishers:
                 continue
@@ -420,7 +424,7 @@ class GroundingNode(Node):
             if wanted != current:
                 self.get_logger().info(f"{sub.topic_name}: matching its publishers, subscribing "
                                        f"{_reliability_name(wanted)}")
-                self._subscribe_sensor(topic, msg_type, callback, sub.callback_group, wanted)
+                self._subscribe_sensor(role, msg_type, callback, sub.callback_group, wanted, sub.topic_name)
 
 
 def _declare_parameters(node: Node) -> params.Settings:

@@ -20,6 +20,7 @@ from ..model.prompts import validate_templates
 from .prompts import parse_prompts
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "auto")
+IMAGE_TRANSPORTS = ("raw", "compressed")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
@@ -90,6 +91,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("image_qos", "sensor_data",
               "image subscription QoS: sensor_data (best effort), reliable, or auto (match the publisher)",
               read_only=True, choices=IMAGE_QOS_CHOICES),
+    ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage "
+              "(JPEG or PNG) on <image>/compressed, as image_transport's compressed plugin publishes it",
+              read_only=True, choices=IMAGE_TRANSPORTS),
     ParamSpec("max_rate_hz", 0.0, "most frames processed per second; 0 = as fast as the model runs",
               range=(0.0, 1000.0, 0.0)),
 )
@@ -152,6 +156,7 @@ class Settings:
     publish_overlay: bool
     overlay_alpha: float
     image_qos: str
+    image_transport: str
     max_rate_hz: float
 
     @classmethod
