@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 
 def read_rgb(path: str | os.PathLike, apply_exif_orientation: bool = False) -> np.ndarray:
@@ -38,6 +38,6 @@ def stored_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except UnidentifiedImageError as e:
+    except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image '{path}' (corrupted or not an image?)") from e
     return height, width

@@ -11,8 +11,9 @@ the file's values stand.
 
 use_fastdds_profile: auto (default) runs the node with the package's Fast DDS profile (shared
 memory + 4 MB UDP buffers, see config/fastdds_profile.xml), so best-effort camera images between
-processes are not lost, unless FASTDDS_DEFAULT_PROFILES_FILE is already set (a robot's own
-profile is kept); true always uses the package's profile, false never. Give the camera driver
+processes are not lost, unless FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE
+is already set (a robot's own profile is kept); true always uses the package's profile, false
+never. On Humble and Jazzy (Fast DDS 2) the variable set is FASTRTPS_DEFAULT_PROFILES_FILE. Give the camera driver
 the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
 """
 import os
@@ -50,7 +51,9 @@ ARGUMENTS = (
 )
 # Arguments that override params_file when not empty, with their parameter types.
 PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str}
-PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+# Fast DDS 3 (Kilted and later) reads FASTDDS_DEFAULT_PROFILES_FILE; Fast DDS 2 (Humble, Jazzy) the older name.
+PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -93,13 +96,14 @@ def _launch_setup(context) -> list:
     )
     environment = getattr(context, "environment", os.environ)  # launch < Humble: os.environ itself
     profile = []  # applies to the processes started after it (the node, RViz)
-    if _use_package_profile(value["use_fastdds_profile"], PROFILE_VARIABLE in environment):
-        profile = [SetEnvironmentVariable(PROFILE_VARIABLE, PathJoinSubstitution([share, "config",
-                                                                                  "fastdds_profile.xml"]))]
+    if _use_package_profile(value["use_fastdds_profile"], any(name in environment for name in PROFILE_VARIABLES)):
+        variable = PROFILE_VARIABLES[environment.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS]
+        profile = [SetEnvironmentVariable(variable, PathJoinSubstitution([share, "config", "fastdds_profile.xml"]))]
     return [*profile, rviz, node]  # RViz first: when it is missing, launch stops before starting the node
 
 
 def _use_package_profile(choice: str, already_set: bool) -> bool:
+    choice = choice.lower()
     if choice not in ("auto", "true", "false"):
         raise ValueError(f"use_fastdds_profile must be auto, true or false, got '{choice}'")
     return choice == "true" or (choice == "auto" and not already_set)

@@ -134,12 +134,14 @@ def test_a_split_without_the_papers_affordance_and_image_counts_is_reported(agd2
 
 def test_only_the_papers_setting_is_comparable_with_the_paper(tiny_grounder):
     full = EvaluationResult("unseen", [{}] * 540, {}, {}, {}, {})
-    paper = {"mode": "fpn", "clip_model": "RN101", "clip_pretrained": "openai", "input_size": 416,
+    paper = {"mode": "fpn", "levels": 3, "clip_model": "RN101", "clip_pretrained": "openai", "input_size": 416,
              "precision": "fp32"}
     assert paper_differences(full, paper) == []
     assert paper_differences(full, {**paper, "precision": "int8"}) == ["precision int8, the paper's is fp32"]
     assert paper_differences(full, {**paper, "mode": "training-free"}) == [
         "the training-free head, not a trained FPN (--fpn-checkpoint)"]
+    assert paper_differences(full, {**paper, "levels": 2}) == [
+        "an FPN fusing 2 level(s); Table 1's fuses 3 (Table 3 ablates fewer)"]
     assert paper_differences(EvaluationResult("unseen", [{}] * 539, {}, {}, {}, {}), paper) == [
         "539 of the split's 540 images (--limit or an incomplete dataset)"]
     assert tiny_grounder.config.precision == "auto" and tiny_grounder.image_path_precision == "fp32"
@@ -224,6 +226,7 @@ def test_evaluate_levels_is_checked_against_the_checkpoint(agd20k, tmp_path, tin
     assert results["run"]["levels"] == 1 and results["run"]["mode"] == "fpn" and results["images"] == 2
     assert results["differences_from_paper"] == [
         "2 of the split's 1675 images (--limit or an incomplete dataset)",
+        "an FPN fusing 1 level(s); Table 1's fuses 3 (Table 3 ablates fewer)",
         "random CLIP weights (--clip-pretrained none): the numbers only test the pipeline",
         "clip_model RN-tiny, the paper's is RN101", "input_size 128, the paper's is 416"]
     assert [r["key"] for r in results["per_image"]] == ["cut_with/knife/knife_000000.jpg", "hold/knife/knife_000005.jpg"]

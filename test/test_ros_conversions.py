@@ -231,6 +231,20 @@ def test_compressed_jpeg_and_png_decode_to_rgb():
     assert got.shape == rgb.shape and np.abs(got.astype(int) - rgb).mean() < 4  # colour order kept
     grey = CompressedImage(format="mono8; jpeg compressed mono8", data=cv2.imencode(".jpg", rgb[..., 0])[1].tobytes())
     assert rgb_from_compressed(grey, 10**6).shape == rgb.shape
+    bgra = np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)])
+    with_alpha = CompressedImage(format="bgra8; png compressed bgra8", data=cv2.imencode(".png", bgra)[1].tobytes())
+    np.testing.assert_array_equal(rgb_from_compressed(with_alpha, 10**6), rgb)
+
+
+def test_compressed_16_bit_png_is_scaled_like_raw_mono16():
+    """image_transport's png plugin keeps mono16 as a 16-bit PNG: a 12-bit infrared frame must not
+    come out almost black."""
+    grey = RNG.integers(0, 4095, size=(8, 8), endpoint=True, dtype=np.uint16)
+    grey[0, 0] = 4095
+    msg = CompressedImage(format="mono16; png compressed mono16", data=cv2.imencode(".png", grey)[1].tobytes())
+    got = rgb_from_compressed(msg, 10**6)
+    np.testing.assert_array_equal(got, rgb_from_image(raw_image(grey, "mono16")))
+    assert got.max() == 255
 
 
 @pytest.mark.parametrize("name, msg, match", [

@@ -185,13 +185,23 @@ def test_parameters_not_given_come_from_the_params_file(launch_file):
 
 
 @pytest.mark.parametrize("choice, already_set, applied", [
-    ("auto", False, True), ("auto", True, False), ("true", True, True), ("false", False, False)])
+    ("auto", None, True), ("auto", "FASTDDS_DEFAULT_PROFILES_FILE", False), ("auto", "FASTRTPS_DEFAULT_PROFILES_FILE", False),
+    ("true", "FASTDDS_DEFAULT_PROFILES_FILE", True), ("True", None, True), ("false", None, False)])
 def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choice, already_set, applied):
-    environment = {"FASTDDS_DEFAULT_PROFILES_FILE": "/robot/fleet.xml"} if already_set else {}
+    environment = {already_set: "/robot/fleet.xml"} if already_set else {}
     actions = _launch(launch_file, environment, use_fastdds_profile=choice)
     assert bool(actions.get("SetEnvironmentVariable")) == applied
     first = next(iter(actions))
     assert first == ("SetEnvironmentVariable" if applied else "Node")  # before the node starts
+
+
+@pytest.mark.parametrize("distro, variable", [("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"), ("", "FASTDDS_DEFAULT_PROFILES_FILE"),
+                                             ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"),
+                                             ("humble", "FASTRTPS_DEFAULT_PROFILES_FILE")])
+def test_fastdds_profile_variable_is_the_one_the_distros_fast_dds_reads(launch_file, distro, variable):
+    """Fast DDS 3 (Kilted on) reads FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Humble, Jazzy) the older name."""
+    [profile] = _launch(launch_file, {"ROS_DISTRO": distro} if distro else {})["SetEnvironmentVariable"]
+    assert profile.args[0] == variable
 
 
 def test_fastdds_profile_argument_refuses_other_values(launch_file):

@@ -32,7 +32,7 @@ from affordance_clip_ros.model.peaks import Peak  # noqa: E402
 from affordance_clip_ros.ros import harness  # noqa: E402
 from affordance_clip_ros.ros.frames import DepthBuffer, Frame, LatestSlot, ThrottledLog  # noqa: E402
 from affordance_clip_ros.ros.messages import marker_array, result_message  # noqa: E402
-from affordance_clip_ros.ros.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, parse_prompts  # noqa: E402
+from affordance_clip_ros.ros.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, NewestQueries, parse_prompts  # noqa: E402
 
 if not harness.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
@@ -54,6 +54,20 @@ def test_parse_prompts():
     many = parse_prompts(";".join(f"p{i}" for i in range(40)))
     assert len(many.prompts) == MAX_PROMPTS and many.notes
     assert parse_prompts("verser le café ☕; 掴む").prompts == ("verser le café ☕", "掴む")
+
+
+def test_query_messages_are_taken_once_and_only_when_newer_than_the_last_from_their_publisher():
+    queries = NewestQueries()
+    a1 = {"publisher_gid": {"data": [1]}, "publication_sequence_number": 1, "source_timestamp": 100}
+    a2 = {**a1, "publication_sequence_number": 2, "source_timestamp": 200}
+    b1 = {"publisher_gid": {"data": [2]}, "publication_sequence_number": 1, "source_timestamp": 150}
+    assert queries.take(a1) and queries.take(a2)
+    assert not queries.take(a2) and not queries.take(a1)  # the copy through the other subscription; an older one
+    assert queries.take(b1)  # another publisher counts on its own
+    old_rclpy = NewestQueries()  # no publisher ids: ordered by the time they were sent
+    x, y = {"source_timestamp": 100}, {"source_timestamp": 300}
+    assert old_rclpy.take(x) and old_rclpy.take(y) and not old_rclpy.take(y) and not old_rclpy.take(x)
+    assert old_rclpy.take({"publisher_gid": None, "publication_sequence_number": 1, "source_timestamp": 400})
 
 
 def test_latest_slot_keeps_the_newest_and_never_blocks_put():
@@ -81,10 +95,9 @@ def test_depth_buffer_nearest_within_age_and_waits_for_a_late_one():
     buffer = DepthBuffer(max_items=3)
     for t in (1_000, 2_000, 3_000):
         buffer.add(_depth_msg(t * 10**6))
-    assert buffer.nearest(2_100 * 10**6, 0.2) .header.stamp.sec == 2
+    assert buffer.nearest(2_100 * 10**6, 0.2).header.stamp.sec == 2
     assert buffer.nearest(2_500 * 10**6, 0.1) is None  # nearest is 0.5 s away
-    buffer.add(_depth_msg(4_000 * 10**6))  # pushes 1 s out (maxlen 3)
-    assert buffer.nearest(900 * 10**6, 0.2) is None
+    assert buffer.nearest(900 * 10**6, 0.2) is None  # 1 s was dropped by the lookup at 2.1 s
     # The colour image is newer than all depth images: wait briefly for its depth twin.
     threading.Timer(0.1, lambda: buffer.add(_depth_msg(5_000 * 10**6))).start()
     start = time.monotonic()
@@ -93,19 +106,31 @@ def test_depth_buffer_nearest_within_age_and_waits_for_a_late_one():
 
 
 def test_depth_buffer_keeps_what_a_waiting_frame_needs_however_fast_depth_streams():
-    """Kept by the colour frames' stamps, not by count: 50 later depth images do not push out the
-    one a frame still waiting for the model needs; a newer colour frame lets the old ones go."""
+    """Kept until a lookup makes them too old, not by arrival: 30 later depth images do not push
+    out the one a frame waiting for the model needs; each lookup drops what no later frame can use."""
     buffer = DepthBuffer()
-    buffer.add(_depth_msg(1_000 * 10**6))
-    for k in range(1, 51):
+    for k in range(31):
         buffer.add(_depth_msg((1_000 + k) * 10**6))
     assert buffer.nearest(1_000 * 10**6, 0.1).header.stamp.nanosec == 0  # still the exact twin
-    buffer.forget_before(1_030 * 10**6)
-    assert len(buffer) == 21 and buffer.nearest(1_000 * 10**6, 0.1).header.stamp.nanosec == 30 * 10**6
+    assert len(buffer) == 31  # none is older than 1.000 s - 0.1 s
+    assert buffer.nearest(1_125 * 10**6, 0.1).header.stamp.nanosec == 30 * 10**6
+    assert len(buffer) == 6  # 1.025 .. 1.030 s may still serve a later frame
+    buffer.forget_before(1_029 * 10**6)
+    assert len(buffer) == 2
     small = DepthBuffer(max_items=4)  # no colour frames at all: memory stays bounded
     for k in range(10):
         small.add(_depth_msg(k))
     assert len(small) == 4
+
+
+def test_depth_buffer_waits_for_late_depth_after_the_old_ones_were_dropped():
+    """Depth that arrives more than max_depth_age after its colour frame (host-side alignment):
+    the buffer is empty by then, but depth is streaming, so the lookup waits for it."""
+    buffer = DepthBuffer()
+    buffer.add(_depth_msg(1_000 * 10**6))
+    assert buffer.nearest(1_200 * 10**6, 0.1) is None and len(buffer) == 0  # 0.2 s too old: dropped
+    threading.Timer(0.15, lambda: buffer.add(_depth_msg(1_200 * 10**6))).start()
+    assert buffer.nearest(1_200 * 10**6, 0.1, wait_s=1.0).header.stamp.nanosec == 200 * 10**6
 
 
 class _Logger:

@@ -285,6 +285,8 @@ def test_per_object_epochs_draw_one_sentence_of_each_object_reproducibly():
     assert TrainConfig().sample_unit == "object"
     with pytest.raises(ValueError, match="sample_unit"):
         TrainConfig(sample_unit="image")
+    with pytest.raises(ValueError, match="seed must be >= 0"):  # the per-epoch draw takes non-negative seeds
+        TrainConfig(seed=-1)
 
 
 def test_validation_images_that_are_also_training_images_are_counted_with_a_warning(caplog):

@@ -51,6 +51,8 @@ def paper_differences(result: EvaluationResult, run: dict) -> list[str]:
                            f"dataset)")
     if run.get("mode") != MODE_FPN:
         differences.append("the training-free head, not a trained FPN (--fpn-checkpoint)")
+    elif run.get("levels") != 3:
+        differences.append(f"an FPN fusing {run.get('levels')} level(s); Table 1's fuses 3 (Table 3 ablates fewer)")
     if run.get("clip_pretrained") == "none":
         differences.append("random CLIP weights (--clip-pretrained none): the numbers only test the pipeline")
     differences += [f"{name} {run.get(name)}, the paper's is {value}" for name, value in PAPER_SETTING.items()

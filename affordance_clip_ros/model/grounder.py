@@ -199,7 +199,8 @@ class AffordanceGrounder(nn.Module):
     @property
     def image_path_precision(self) -> str:
         """The precision the image path really runs at: fp32, fp16, bf16 or int8 (the configured
-        "auto" resolved; on ONNX Runtime, int8 only where it passed the fidelity check)."""
+        "auto" resolved; on ONNX Runtime, int8 only where it passed the fidelity check). On ONNX
+        Runtime it builds the image path first if :meth:`prepare` has not (export, quantisation)."""
         if self.backend == "onnxruntime":
             if self._embedder is None:
                 self.prepare()

@@ -122,10 +122,16 @@ def rgb_from_image(msg: Image) -> np.ndarray:
         return np.ascontiguousarray(array[..., :3])
     if encoding == "bgra8":
         return np.ascontiguousarray(array[..., 2::-1])
-    if encoding == "mono16":  # 10-, 12- and 16-bit sensors alike: the brightest pixel becomes 255
-        scale = 255.0 / max(int(array.max(initial=0)), 255)
-        array = np.round(array * scale).astype(np.uint8)
+    if encoding == "mono16":
+        array = _brightest_to_255(array)
     return np.repeat(array[..., None], 3, axis=2)
+
+
+def _brightest_to_255(array: np.ndarray) -> np.ndarray:
+    """uint16 pixels -> uint8: 10-, 12- and 16-bit sensors alike, the brightest pixel becomes 255
+    (a frame whose pixels are all below 255 is kept as it is)."""
+    scale = 255.0 / max(int(array.max(initial=0)), 255)
+    return np.round(array * scale).astype(np.uint8)
 
 
 def rgb_from_compressed(msg: CompressedImage, max_pixels: int) -> np.ndarray:
@@ -142,10 +148,16 @@ def rgb_from_compressed(msg: CompressedImage, max_pixels: int) -> np.ndarray:
         raise ImageConversionError(f"compressed image (format '{msg.format}') cannot be read: {e}") from None
     if width * height > max_pixels:
         raise ImageConversionError(f"compressed image of {width}x{height} is larger than {max_pixels} pixels")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None:
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if decoded is None:
         raise ImageConversionError(f"compressed image (format '{msg.format}', {width}x{height}) cannot be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if decoded.dtype == np.uint16:  # 16-bit PNG (mono16, bgr16): scaled as raw mono16 is
+        decoded = _brightest_to_255(decoded)
+    elif decoded.dtype != np.uint8:
+        raise ImageConversionError(f"compressed image of {decoded.dtype} pixels is not supported")
+    if decoded.ndim == 2:
+        return np.repeat(decoded[..., None], 3, axis=2)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB if decoded.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
 def rgb_from_message(msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:

@@ -68,25 +68,33 @@ class DepthBuffer:
 
     Colour and depth of one capture travel on two topics and may arrive in either order, so
     :meth:`nearest` waits (briefly, up to ``wait_s``) for a depth image at or after the colour
-    stamp when the newest one held is older and depth is streaming. What is kept depends on the
-    colour images, not on a count: :meth:`forget_before` (called with each colour image's stamp
-    minus the largest stamp difference allowed) drops depth no later colour image can use, so
-    the depth of a frame waiting for the model stays, however fast depth streams. ``max_items``
-    only bounds memory while no colour images arrive.
+    stamp while depth is streaming and the newest depth image is older. Depth images are dropped
+    when a lookup makes them too old for any later colour image (colour stamps only grow), so the
+    depth of a frame waiting for the model stays, however fast depth streams; :meth:`forget_before`
+    drops them while no frame is processed. ``max_items`` bounds memory when no colour images come.
     """
 
-    def __init__(self, max_items: int = 64):
+    def __init__(self, max_items: int = 32):
         self._cond = threading.Condition()
-        self._items: collections.deque = collections.deque(maxlen=max_items)  # (stamp_ns, msg, received)
+        self._items: collections.deque = collections.deque(maxlen=max_items)  # (stamp_ns, msg)
+        self._newest: tuple[int, float] | None = None  # (stamp_ns, arrival) of the last one added, even if dropped
 
     def add(self, msg) -> None:
         with self._cond:
-            self._items.append((stamp_ns(msg.header.stamp), msg, time.monotonic()))
+            stamp = stamp_ns(msg.header.stamp)
+            self._items.append((stamp, msg))
+            self._newest = (stamp, time.monotonic())
             self._cond.notify_all()
 
     def forget_before(self, oldest_ns: int) -> None:
         """Drop the depth images stamped before ``oldest_ns``."""
         with self._cond:
+            self._forget_before(oldest_ns)
+
+    def _forget_before(self, oldest_ns: int) -> None:
+        while self._items and self._items[0][0] < oldest_ns:
+            self._items.popleft()
+        if any(stamp < oldest_ns for stamp, _ in self._items):  # stamps out of order (a replayed bag)
             self._items = collections.deque((item for item in self._items if item[0] >= oldest_ns),
                                             maxlen=self._items.maxlen)
 
@@ -95,19 +103,21 @@ class DepthBuffer:
             return len(self._items)
 
     def nearest(self, target_ns: int, max_age_s: float, wait_s: float = 0.0):
-        """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None."""
+        """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None.
+        Depth images stamped more than ``max_age_s`` before ``target_ns`` are dropped afterwards."""
         deadline = time.monotonic() + wait_s
+        max_age_ns = int(max_age_s * 1e9)
         with self._cond:
             while True:
-                best = min(self._items, key=lambda item: abs(item[0] - target_ns), default=None)
-                newest = self._items[-1] if self._items else None
-                streaming = newest is not None and time.monotonic() - newest[2] < 1.0
-                may_come = streaming and newest[0] < target_ns
+                newest = self._newest
+                streaming = newest is not None and time.monotonic() - newest[1] < 1.0
                 remaining = deadline - time.monotonic()
-                if not may_come or remaining <= 0:
+                if not (streaming and newest[0] < target_ns) or remaining <= 0:
                     break
                 self._cond.wait(remaining)
-            if best is None or abs(best[0] - target_ns) > max_age_s * 1e9:
+            best = min(self._items, key=lambda item: abs(item[0] - target_ns), default=None)
+            self._forget_before(target_ns - max_age_ns)
+            if best is None or abs(best[0] - target_ns) > max_age_ns:
                 return None
             return best[1]
 

@@ -56,7 +56,7 @@ from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, dep
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
 from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
                        result_message)
-from .prompts import join_prompts, parse_prompts
+from .prompts import NewestQueries, join_prompts, parse_prompts
 
 NODE_NAME = "affordance_grounding"
 QUERY_TOPIC = "/affordance/query"
@@ -101,7 +101,8 @@ class GroundingNode(Node):
         self._depth = DepthBuffer()
         self._camera_info: CameraInfo | None = None
         self._marker_frame = ""  # frame_id of the last markers published
-        self._newest_query: dict[str, tuple[int, int]] = {}  # publisher -> (sequence, source stamp) taken last
+        self._markers_lock = threading.Lock()  # a frame's markers and the clear of a prompt change, in order
+        self._queries = NewestQueries()
         self._worker: threading.Thread | None = None
         self._counts_seen: dict[str, int] = {}  # counters at the last /diagnostics
         self._last_image_at = time.monotonic()
@@ -157,6 +158,7 @@ class GroundingNode(Node):
         self._worker.start()
         if (error := built.get()) is not None:
             raise error
+        self._last_image_at = time.monotonic()  # camera silence counts from now, not from before the model was built
         s = self.settings
         topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
                            for sub, rel, _, _ in self._sensor_subs.values())
@@ -185,8 +187,10 @@ class GroundingNode(Node):
             self.settings = self.settings.updated({p.name: p.value for p in parameters})
         if any(p.name == "prompts" for p in parameters):
             self.get_logger().info(f"prompts: {join_prompts(self.settings.prompts) or '(none: idle)'}")
-            if not self.settings.prompts and self.settings.use_depth:
-                self._clear_markers()
+            if self.settings.use_depth:
+                with self._markers_lock:
+                    if not self.settings.prompts:
+                        self._clear_markers()
 
     def _clear_markers(self) -> None:
         """Going idle: remove the last frame's markers from RViz rather than leave them as if current."""
@@ -195,13 +199,8 @@ class GroundingNode(Node):
 
     # ------------------------------------------------------------------ inputs (executor threads)
     def _on_query(self, msg: String, info: MessageInfo) -> None:
-        # Each message may come through both query subscriptions, in any interleaving: take only
-        # what is newer than the last one taken from its publisher, so the newest prompt wins.
-        publisher = str(info.get("publisher_gid"))
-        order = (info.get("publication_sequence_number") or 0, info["source_timestamp"])
-        if order <= self._newest_query.get(publisher, (-1, -1)):
+        if not self._queries.take(info):  # already taken through the other query subscription, or older
             return
-        self._newest_query[publisher] = order
         parsed = parse_prompts(msg.data)
         for note in parsed.notes:
             self.get_logger().warning(f"{QUERY_TOPIC}: {note}")
@@ -214,10 +213,10 @@ class GroundingNode(Node):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.count("received")
-        if self.settings.use_depth:  # depth older than this frame's pairing window is of no use any more
-            self._depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
         if not self.settings.prompts or not self._has_listeners():
             self.stats.count("idle")
+            if self.settings.use_depth:  # nothing is paired while idle: depth too old for this frame goes
+                self._depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
             why = "no prompts" if not self.settings.prompts else "nobody subscribes to the outputs"
             self.throttled.info("idle",
                            f"frames are not processed: {why} (publish on {QUERY_TOPIC} or set parameter prompts)")
@@ -341,9 +340,12 @@ class GroundingNode(Node):
             first = predictions[0]
             overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
             self._pub_overlay.publish(numpy_to_image(overlay, "bgr8", header))
-        if s.use_depth and self.settings.prompts:  # not after the prompts were cleared (markers are cleared then)
-            self._pub_markers.publish(marker_array(header, predictions, points))
-            self._marker_frame = header.frame_id
+        if s.use_depth:
+            markers = marker_array(header, predictions, points)
+            with self._markers_lock:  # never after the DELETEALL of a prompt clear
+                if self.settings.prompts:
+                    self._pub_markers.publish(markers)
+                    self._marker_frame = header.frame_id
             if (best := best_point(points)) is not None:
                 self._pub_contact.publish(point_stamped(header, best))
 

@@ -41,3 +41,22 @@ def parse_prompts(text: str) -> ParsedPrompts:
 def join_prompts(prompts: tuple[str, ...] | list[str]) -> str:
     """The canonical text of a prompt list (what the ``prompts`` parameter holds)."""
     return f"{SEPARATOR} ".join(prompts)
+
+
+class NewestQueries:
+    """Which query messages to take when each may arrive through two subscriptions (latched and
+    live), in any interleaving: only one newer than the last taken from its publisher, so a
+    message counts once and the newest prompt wins. ``info`` is rclpy's MessageInfo. Without
+    publisher ids (rclpy before 2025) all publishers count as one, ordered by the time they sent."""
+
+    def __init__(self):
+        self._newest: dict[str, tuple[int, int]] = {}  # publisher -> (sequence, source stamp) taken last
+
+    def take(self, info: dict) -> bool:
+        gid = info.get("publisher_gid")
+        publisher = str(gid["data"] if isinstance(gid, dict) and "data" in gid else gid)
+        order = ((info.get("publication_sequence_number") or 0) if gid else 0, info["source_timestamp"])
+        if order <= self._newest.get(publisher, (-1, -1)):
+            return False
+        self._newest[publisher] = order
+        return True

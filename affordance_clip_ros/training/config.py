@@ -81,6 +81,8 @@ class TrainConfig:
                      "grid_samples"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if self.micro_batch_size == 1:
             problems.append("micro_batch_size must be >= 2: the FPN's BatchNorm on the 1x1 global map cannot "
                             "train on one image per forward pass")

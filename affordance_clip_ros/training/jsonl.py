@@ -8,7 +8,8 @@
   (COCO style: a list of polygons ``[x1, y1, x2, y2, ...]`` in pixels; a single flat polygon or
   a list of ``[x, y]`` points is accepted too), both in the image's pixels as stored (an EXIF
   orientation tag is ignored).
-* ``sentences``: a list of referring phrases (a single string is accepted); one sample each.
+* ``sentences``: a list of referring phrases (a single string is accepted); they refer to one
+  object (``sample_unit`` decides whether an epoch takes each of them or one drawn at random).
 """
 from __future__ import annotations
 

@@ -90,7 +90,8 @@ def load_refer(data_root: str | os.PathLike, dataset: str, split_by: str, split:
         raise FileNotFoundError(f"{len(missing)} image(s) of {dataset} {split} are missing, e.g. '{missing[0]}'. "
                                 f"Expected layout:\n{LAYOUT}")
     records = without_misfit_images(records, annotated_sizes, f"{dataset} ({split_by}) {split}")
-    log.info("%s (%s) %s: %d sentences about %d objects", dataset, split_by, split, len(records), len(chosen))
+    log.info("%s (%s) %s: %d sentences about %d objects", dataset, split_by, split, len(records),
+             len({record.referent for record in records}))
     return records
 
 
