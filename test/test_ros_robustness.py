@@ -359,10 +359,13 @@ def test_compressed_images_on_the_image_transport_topic(coffee, tmp_path):
                                               "bgr8", data=data))
 
         def stream_until_result(frame_id: str):
+            """Until a result, and the node's subscription matched our reliable publisher (image_qos
+            auto re-subscribes once, and a frame sent meanwhile is lost)."""
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 publish(jpeg, frame_id)
-                if found := client.wait_for(lambda: [r for r in client.results if r.header.frame_id == frame_id], 0.25):
+                found = client.wait_for(lambda: [r for r in client.results if r.header.frame_id == frame_id], 0.25)
+                if found and client.node_subscription_reliability(publisher.topic_name) == ReliabilityPolicy.RELIABLE:
                     return found[0]
             return None
         result = stream_until_result("jpeg")
