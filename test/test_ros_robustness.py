@@ -123,6 +123,16 @@ def test_depth_buffer_keeps_what_a_waiting_frame_needs_however_fast_depth_stream
     assert len(small) == 4
 
 
+def test_depth_buffer_pairs_before_inference_only_when_nothing_nearer_can_come():
+    buffer = DepthBuffer()
+    assert buffer.nearest_if_final(1_000 * 10**6, 0.1) == (True, None)  # no depth stream at all
+    buffer.add(_depth_msg(1_000 * 10**6))
+    assert buffer.nearest_if_final(1_033 * 10**6, 0.1) == (False, None)  # its own depth may still come
+    assert len(buffer) == 1  # nothing dropped meanwhile
+    paired, msg = buffer.nearest_if_final(1_000 * 10**6, 0.1)
+    assert paired and msg.header.stamp.nanosec == 0
+
+
 def test_depth_buffer_waits_for_late_depth_after_the_old_ones_were_dropped():
     """Depth that arrives more than max_depth_age after its colour frame (host-side alignment):
     the buffer is empty by then, but depth is streaming, so the lookup waits for it."""

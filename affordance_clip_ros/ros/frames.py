@@ -103,23 +103,35 @@ class DepthBuffer:
             return len(self._items)
 
     def nearest(self, target_ns: int, max_age_s: float, wait_s: float = 0.0):
-        """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None.
-        Depth images stamped more than ``max_age_s`` before ``target_ns`` are dropped afterwards."""
+        """The depth message whose stamp is nearest ``target_ns`` and within ``max_age_s``, or None,
+        after waiting up to ``wait_s`` for one that may still come. Depth images stamped more than
+        ``max_age_s`` before ``target_ns`` are dropped afterwards."""
         deadline = time.monotonic() + wait_s
-        max_age_ns = int(max_age_s * 1e9)
         with self._cond:
-            while True:
-                newest = self._newest
-                streaming = newest is not None and time.monotonic() - newest[1] < 1.0
-                remaining = deadline - time.monotonic()
-                if not (streaming and newest[0] < target_ns) or remaining <= 0:
-                    break
+            while self._may_come(target_ns) and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
-            best = min(self._items, key=lambda item: abs(item[0] - target_ns), default=None)
-            self._forget_before(target_ns - max_age_ns)
-            if best is None or abs(best[0] - target_ns) > max_age_ns:
-                return None
-            return best[1]
+            return self._pick(target_ns, max_age_s)
+
+    def nearest_if_final(self, target_ns: int, max_age_s: float) -> tuple[bool, object]:
+        """``(True, nearest(...))`` when no depth image still to come can be nearer ``target_ns``
+        (one at or after it is in, or depth is not streaming); ``(False, None)`` otherwise, without
+        waiting or dropping anything."""
+        with self._cond:
+            if self._may_come(target_ns):
+                return False, None
+            return True, self._pick(target_ns, max_age_s)
+
+    def _may_come(self, target_ns: int) -> bool:
+        newest = self._newest
+        return newest is not None and time.monotonic() - newest[1] < 1.0 and newest[0] < target_ns
+
+    def _pick(self, target_ns: int, max_age_s: float):
+        max_age_ns = int(max_age_s * 1e9)
+        best = min(self._items, key=lambda item: abs(item[0] - target_ns), default=None)
+        self._forget_before(target_ns - max_age_ns)
+        if best is None or abs(best[0] - target_ns) > max_age_ns:
+            return None
+        return best[1]
 
 
 class FrameStats:

@@ -293,15 +293,19 @@ class GroundingNode(Node):
         if downscaled:
             release_free_memory()
 
-    def _paired_depth(self, msg: Image, s: params.Settings) -> tuple[Image | None, CameraInfo | None]:
-        """The depth image and CameraInfo of this frame, taken before inference: the depth images
-        that arrive while the model runs cannot push this frame's out of the buffer."""
-        return self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S), self._camera_info
+    def _paired_depth(self, msg: Image, s: params.Settings) -> tuple[bool, Image | None, CameraInfo | None]:
+        """Before inference: (paired, depth image, CameraInfo) of this frame. Its depth image is
+        taken now when it is in, so the depth images that arrive while the model runs cannot push
+        it out; one still to come is waited for after inference (paired False), while the model runs."""
+        paired, depth_msg = self._depth.nearest_if_final(stamp_ns(msg.header.stamp), s.max_depth_age)
+        return paired, depth_msg, self._camera_info
 
-    def _points_3d(self, msg: Image, depth: tuple[Image | None, CameraInfo | None], shape, predictions,
+    def _points_3d(self, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None], shape, predictions,
                    s: params.Settings) -> list:
         """3D points per prompt and peak, or [] (with a throttled warning) when this frame has none."""
-        depth_msg, info = depth
+        paired, depth_msg, info = depth
+        if not paired:
+            depth_msg = self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
         try:
             if info is None:
                 raise DepthError("no CameraInfo received on camera_info yet")
