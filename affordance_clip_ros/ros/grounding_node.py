@@ -64,14 +64,12 @@ QUERY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabili
 # A second query subscription for publishers with the default QoS (reliable, volatile), which the
 # transient_local one cannot match; a message that reaches both is taken once.
 QUERY_LIVE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-# image_qos: sensor_data = SensorDataQoS (best effort, volatile) and reliable = the same but
-# reliable, both with a queue of 1: the node only ever processes the newest frame, a deeper
-# queue would only add latency and memory (Fast DDS keeps a buffer of the largest message seen
-# for every queue slot: five 8K frames are 500 MB).
-BEST_EFFORT_SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
-                                    history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
-RELIABLE_SENSOR_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 history=HistoryPolicy.KEEP_LAST, durability=DurabilityPolicy.VOLATILE)
+# image_qos: sensor_data = SensorDataQoS (best effort, volatile) or reliable. The image queue
+# holds 1: the node only ever processes the newest frame, a deeper queue would only add latency
+# and memory (Fast DDS keeps a buffer of the largest message seen for every queue slot: five 8K
+# frames are 500 MB). Depth and CameraInfo hold a few, so that a fast depth stream (90 Hz) does
+# not replace a frame's own depth image before the callback has stored it.
+QUEUE_DEPTH = {"image": 1, "depth": 5, "camera_info": 5}
 # Depth 1: only the newest output is kept for late or slow subscribers (bounds memory with big frames).
 OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger frames are refused before any copy is made
@@ -410,7 +408,8 @@ class GroundingNode(Node):
         if reliability is None:
             reliability = (ReliabilityPolicy.RELIABLE if self.settings.image_qos == "reliable"
                            else ReliabilityPolicy.BEST_EFFORT)  # best effort also matches reliable publishers
-        qos = RELIABLE_SENSOR_QOS if reliability == ReliabilityPolicy.RELIABLE else BEST_EFFORT_SENSOR_QOS
+        qos = QoSProfile(depth=QUEUE_DEPTH[role], reliability=reliability, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE)
         if role in self._sensor_subs:
             self.destroy_subscription(self._sensor_subs[role][0])
         events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if role == "image" else None
