@@ -232,9 +232,7 @@ class GroundingClient:
         self.image_topic, self.depth_topic = f"{ns}/camera/image", f"{ns}/camera/depth"
         self.info_topic, self.query_topic = f"{ns}/camera/camera_info", f"{ns}/affordance/query"
         self.output_prefix = f"{ns}/{NODE_NAME}"
-        # A camera driver's queue: deeper queues of big frames fill the 32 MB shared-memory segment
-        # of the Fast DDS profile, and frames then arrive 0.1-2 s late (README, Fast DDS profile).
-        sensor_qos = QoSProfile(depth=10, reliability=image_reliability)
+        sensor_qos = QoSProfile(depth=100, reliability=image_reliability)
         self.image_pub = self.node.create_publisher(Image, self.image_topic, sensor_qos)
         self.depth_pub = self.node.create_publisher(Image, self.depth_topic, sensor_qos)
         self.info_pub = self.node.create_publisher(CameraInfo, self.info_topic, sensor_qos)
