@@ -91,12 +91,9 @@ class DepthBuffer:
         with self._cond:
             self._forget_before(oldest_ns)
 
-    def _forget_before(self, oldest_ns: int) -> None:
-        while self._items and self._items[0][0] < oldest_ns:
-            self._items.popleft()
-        if any(stamp < oldest_ns for stamp, _ in self._items):  # stamps out of order (a replayed bag)
-            self._items = collections.deque((item for item in self._items if item[0] >= oldest_ns),
-                                            maxlen=self._items.maxlen)
+    def _forget_before(self, oldest_ns: int) -> None:  # a filter, not a pop from the left: stamps may go back (bags)
+        self._items = collections.deque((item for item in self._items if item[0] >= oldest_ns),
+                                        maxlen=self._items.maxlen)
 
     def __len__(self) -> int:
         with self._cond:
