@@ -49,6 +49,8 @@ def test_sigkill_mid_run_then_resume(tmp_path):
     assert 0 <= last_logged - saved <= SAVE_EVERY, "at most the steps since the last checkpoint are lost"
     assert read_metadata(out / "fpn.safetensors")["fpn"]["levels"] == 3, "the inference checkpoint is intact"
 
+    # The kill may land inside an atomic checkpoint write; make sure the resume meets such a leftover.
+    (out / "fpn.safetensors.cut_short.tmp").write_bytes(b"partial")
     assert main(["train", "--resume", str(out), "--max-steps", str(saved + 2), "--num-workers", "0"]) == 0
     resumed = torch.load(out / "trainer_state.pt", weights_only=True)
     assert resumed["step"] == saved + 2

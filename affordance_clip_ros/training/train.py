@@ -313,6 +313,9 @@ class _Run:
             self.model = DistributedDataParallel(self.fpn, device_ids=ids)
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for partial in [*self.out.glob(f"{FPN_FILE}.*.tmp"), *self.out.glob(f"{STATE_FILE}.*.tmp")]:
+                log.info("Removing %s, a checkpoint write cut short by an earlier run's end.", partial.name)
+                partial.unlink()  # a killed run's atomic write never renamed it; the checkpoint it aimed at stands
             (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
             keep = self.step if state is not None else None
             self.train_log = CsvLog(self.out / "train_log.csv", TRAIN_COLUMNS, keep_until=keep)
