@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 from affordance_clip_ros.model import (AffordanceFPN, AffordanceGrounder, CheckpointError, FPNConfig, FrozenCLIP,
                                        GrounderConfig, WeightsNotFoundError, count_trainable_parameters, find_peaks,
                                        load_fpn, save_fpn)
+from affordance_clip_ros.model.checkpoint import written_atomically
 from affordance_clip_ros.model.letterbox import Letterbox, letterbox_batch, unletterbox
 
 from conftest import TINY
@@ -163,6 +165,18 @@ def test_fpn_checkpoint_round_trip_and_grounder_uses_it(tmp_path, tiny_clip, cof
     [pred] = grounder.predict(coffee, ["hold"])
     assert pred.heatmap.shape == coffee.shape[:2] and 0 <= pred.heatmap.min() <= pred.heatmap.max() <= 1
     assert list(tmp_path.iterdir()) == [path], "atomic save leaves no temporary file"
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "fpn.safetensors"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError), written_atomically(path) as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+    with written_atomically(path) as tmp:
+        Path(tmp).write_bytes(b"new")
+    assert path.read_bytes() == b"new" and list(tmp_path.iterdir()) == [path]
 
 
 def test_checkpoint_mismatches_are_refused(tmp_path, tiny_clip):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -19,22 +21,32 @@ _META_KEY = "affordance_clip"
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used with the requested model."""
 
-def save_fpn(path: str | os.PathLike, fpn: AffordanceFPN, clip_model: str, input_size: int,
-             recipe: dict | None = None) -> Path:
-    """Write the FPN atomically (temporary file in the same folder, then rename)."""
+@contextmanager
+def written_atomically(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; when the block ends without an error, it
+    replaces ``path`` in one rename, so readers never see a partial file. An error leaves ``path``
+    as it was and no temporary file (a killed process leaves ``<name>.*.tmp``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "clip_model": clip_model,
-            "input_size": int(input_size), "fpn": fpn.config.to_dict(), "recipe": recipe or {}}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in fpn.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def save_fpn(path: str | os.PathLike, fpn: AffordanceFPN, clip_model: str, input_size: int,
+             recipe: dict | None = None) -> Path:
+    """Write the FPN atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "clip_model": clip_model,
+            "input_size": int(input_size), "fpn": fpn.config.to_dict(), "recipe": recipe or {}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in fpn.state_dict().items()}
+    with written_atomically(path) as tmp:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
     return path
 
 def read_metadata(path: str | os.PathLike) -> dict:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import written_atomically
 from .clip_backbone import FrozenCLIP
 from .fpn import AffordanceFPN
 
@@ -189,10 +190,8 @@ def default_cache_dir() -> Path:
 
 def _write_atomically(path: Path, data: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-            tmp.write(data)
-        os.replace(tmp.name, path)
+        with written_atomically(path) as tmp:
+            Path(tmp).write_bytes(data)
     except OSError as e:
         log.warning("Cannot cache the ONNX model at %s (%s): it will be rebuilt at the next start.", path, e)
 

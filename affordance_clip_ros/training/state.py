@@ -10,10 +10,11 @@ alone, for inference, is ``fpn.safetensors`` (:func:`affordance_clip_ros.model.s
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ..model.checkpoint import written_atomically
 
 STATE_FILE = "trainer_state.pt"
 FPN_FILE = "fpn.safetensors"
@@ -35,15 +36,8 @@ def restore_rng(state: dict) -> None:
 def save_trainer_state(path: str | os.PathLike, state: dict) -> Path:
     """Atomically ``torch.save`` a plain-data state dict (see :func:`trainer_state`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with written_atomically(path) as tmp:
         torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
