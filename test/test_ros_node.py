@@ -359,11 +359,11 @@ def test_burst_of_60_frames_processes_the_newest_and_counts_replaced(grounding, 
         while delta is None and time.monotonic() < deadline:
             delta = settled()
         assert delta, "counters never added up"
-        # Reliable, so most arrive (60 of 60 in most runs here): but the node's DDS queue holds 1
-        # frame, and one that arrives before the executor took the previous one replaces it
-        # unseen (14 to 59 of 60 in some runs on these 2 cores). Frames the node does see come
-        # faster than 5 Hz, so some of them are replaced, and every one is counted.
-        assert 10 <= delta["frames_received"] <= 60, delta
+        # A 30 Hz camera: the callbacks only store the frame, so the executor takes (nearly) every
+        # one before the next replaces it in the node's 1-frame DDS queue (60 of 60 in every run
+        # here; rclpy's MultiThreadedExecutor, used before, got 14 to 59 in some runs). Frames the
+        # node sees come faster than 5 Hz, so some of them are replaced, and every one is counted.
+        assert 45 <= delta["frames_received"] <= 60, delta
         assert delta["frames_rejected"] == delta["frames_failed"] == 0
         assert 1 <= delta["frames_processed"] < 20 and delta["frames_replaced"] >= 1, delta
         print(f"\nburst: 60 sent at 30 Hz, node received {delta['frames_received']}, processed "

@@ -8,10 +8,11 @@ Interface (DESIGN.md section 3): subscribes ``image``, ``/affordance/query`` and
 ``~/contact_point``, ``~/markers`` and ``/diagnostics``. Every output carries the input image's
 header.
 
-Threads: the executor's threads run the subscription callbacks, the timers and the parameter
-services; each callback only stores what arrived and returns. One worker thread owns the model:
-it takes the newest frame (a newer frame replaces an unprocessed one, which is counted), runs
-inference and publishes.
+Threads: the main thread runs a single-threaded executor for the subscription callbacks, the
+timers and the parameter services; each callback only stores what arrived and returns. One
+worker thread owns the model: it takes the newest frame (a newer frame replaces an unprocessed
+one, which is counted), runs inference and publishes. (rclpy's MultiThreadedExecutor took images
+several times more slowly under load: see README, Latency.)
 """
 from __future__ import annotations
 
@@ -29,11 +30,10 @@ from typing import NoReturn
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -89,7 +89,6 @@ class GroundingNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.settings = _declare_parameters(self)
-        self._settings_lock = threading.Lock()
         self.add_on_set_parameters_callback(params.validate)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self.grounder: AffordanceGrounder | None = None
@@ -105,18 +104,11 @@ class GroundingNode(Node):
         self._counts_seen: dict[str, int] = {}  # counters at the last /diagnostics
         self._last_image_at = time.monotonic()
 
-        # What may run in parallel (executor threads, plus the inference worker thread):
-        # - sensors (reentrant): image, depth and camera_info callbacks, also with each other;
-        #   they only store the message (LatestSlot, DepthBuffer and FrameStats lock; the
-        #   CameraInfo is one reference assignment), so a depth or camera_info message of a
-        #   capture never waits behind the image callback of the same capture.
-        # - query: the two prompt subscriptions, one at a time; they set the `prompts` parameter.
-        # - timers: /diagnostics and image-QoS matching, one at a time; they read counters.
-        # - the node's default group: the parameter services.
-        # Parameter changes may come from the query and the services at once: the settings
-        # snapshot is rebuilt under a lock and replaced whole; the worker reads one per frame.
-        sensors, query = ReentrantCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        timers = MutuallyExclusiveCallbackGroup()
+        # The callbacks (sensors, prompts, timers, parameter services) run one at a time on the
+        # executor's thread, beside the inference worker thread. Sensor callbacks only store the
+        # message (LatestSlot, DepthBuffer and FrameStats lock against the worker; the CameraInfo
+        # is one reference assignment). The settings snapshot is replaced whole on a parameter
+        # change; the worker reads one per frame.
 
         self._pub_result = self.create_publisher(AffordanceResult, "~/result", OUTPUT_QOS)
         self._pub_heatmap = self.create_publisher(Image, "~/heatmap", OUTPUT_QOS)
@@ -128,22 +120,22 @@ class GroundingNode(Node):
                          self._pub_markers)
 
         volatile_ok = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)  # the live one takes them
-        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS, callback_group=query,
+        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS,
                                  event_callbacks=volatile_ok)
-        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS, callback_group=query)
+        self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS)
         self._sensor_subs: dict[str, tuple] = {}  # role -> (subscription, reliability, msg type, callback)
         if self.settings.image_transport == "compressed":  # image_transport's name: <remapped image>/compressed
-            self._subscribe_sensor("image", CompressedImage, self._on_image, sensors,
+            self._subscribe_sensor("image", CompressedImage, self._on_image,
                                    topic=self.resolve_topic_name("image") + "/compressed")
         else:
-            self._subscribe_sensor("image", Image, self._on_image, sensors)
+            self._subscribe_sensor("image", Image, self._on_image)
         if self.settings.use_depth:
-            self._subscribe_sensor("depth", Image, self._depth.add, sensors)
-            self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info, sensors)
+            self._subscribe_sensor("depth", Image, self._depth.add)
+            self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info)
 
-        self.create_timer(1.0, self._publish_diagnostics, callback_group=timers)
+        self.create_timer(1.0, self._publish_diagnostics)
         if self.settings.image_qos == "auto":
-            self.create_timer(1.0, self._match_publisher_qos, callback_group=timers)
+            self.create_timer(1.0, self._match_publisher_qos)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -181,8 +173,7 @@ class GroundingNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
-        with self._settings_lock:
-            self.settings = self.settings.updated({p.name: p.value for p in parameters})
+        self.settings = self.settings.updated({p.name: p.value for p in parameters})
         if any(p.name == "prompts" for p in parameters):
             self.get_logger().info(f"prompts: {join_prompts(self.settings.prompts) or '(none: idle)'}")
             if self.settings.use_depth:
@@ -195,7 +186,7 @@ class GroundingNode(Node):
         header = Header(frame_id=self._marker_frame, stamp=self.get_clock().now().to_msg())
         self._pub_markers.publish(marker_array(header, [], []))
 
-    # ------------------------------------------------------------------ inputs (executor threads)
+    # ------------------------------------------------------------------ inputs (executor thread)
     def _on_query(self, msg: String, info: MessageInfo) -> None:
         if not self._queries.take(info):  # already taken through the other query subscription, or older
             return
@@ -401,7 +392,7 @@ class GroundingNode(Node):
             problems.append(f"no image on {self._sensor_subs['image'][0].topic_name} for {silent_s:.0f} s")
         return problems
 
-    def _subscribe_sensor(self, role: str, msg_type, callback, group, reliability=None, topic: str = "") -> None:
+    def _subscribe_sensor(self, role: str, msg_type, callback, reliability=None, topic: str = "") -> None:
         """(Re)create the subscription of ``role`` (image, depth, camera_info) on ``topic`` (default:
         the role's own name); image_qos decides the reliability unless given."""
         topic = topic or role
@@ -413,7 +404,7 @@ class GroundingNode(Node):
         if role in self._sensor_subs:
             self.destroy_subscription(self._sensor_subs[role][0])
         events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if role == "image" else None
-        sub = self.create_subscription(msg_type, topic, callback, qos, callback_group=group, event_callbacks=events)
+        sub = self.create_subscription(msg_type, topic, callback, qos, event_callbacks=events)
         self._sensor_subs[role] = (sub, reliability, msg_type, callback)
 
     def _match_publisher_qos(self) -> None:
@@ -429,7 +420,7 @@ class GroundingNode(Node):
             if wanted != current:
                 self.get_logger().info(f"{sub.topic_name}: matching its publishers, subscribing "
                                        f"{_reliability_name(wanted)}")
-                self._subscribe_sensor(role, msg_type, callback, sub.callback_group, wanted, sub.topic_name)
+                self._subscribe_sensor(role, msg_type, callback, wanted, sub.topic_name)
 
 
 def _declare_parameters(node: Node) -> params.Settings:
@@ -523,7 +514,7 @@ def run(args: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop_requested.set())
     logger = get_logger(NODE_NAME)
     node = None
-    executor = MultiThreadedExecutor(num_threads=3, context=context)
+    executor = SingleThreadedExecutor(context=context)
     try:
         node = GroundingNode(context=context)
         logger = node.get_logger()
