@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 # Figures every run writes (the README documents them). At 416, plus "<name>_<size>" for each size
 # of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add peak_gpu_mb, the same fast-path figures
-# with cuda_ in place of cpu_ (fp16 against naive fp32; torch_fp32_*, torch_compiled_* with CUDA
-# graphs) and "<name>_fp32" for each figure of the sizes loop.
+# with cuda_ in place of cpu_ (the default fp32 path against naive fp32; torch_fp16_*, and
+# torch_compiled_* / torch_compiled_fp32_* with CUDA graphs) and "<name>_fp16" for each figure of
+# the sizes loop.
 PER_SIZE_KEYS = ("backbone_ms", "head_ms", "image_path_ms", "full_ms_1_prompt", "full_ms_16_prompts",
                  "predict_ms_1_prompt", "predict_ms_16_prompts")
 DOCUMENTED_KEYS = ("clip_model", "device", "machine", "threads", "backend", "image_path_build_s", *PER_SIZE_KEYS,
@@ -139,9 +140,9 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
     fast, grounder416 = fast_paths(clip_model, device, repeats, warmup, backend, extra_paths)
     results.update(fast)
     reused = {416: grounder416}
-    precisions = ("fp16", "fp32") if dev.type == "cuda" else ("auto",)
+    precisions = ("auto", "fp16") if dev.type == "cuda" else ("auto",)  # auto: fp32 on CUDA (eager)
     for precision in precisions:
-        suffix = "" if precision in ("auto", "fp16") else f"_{precision}"
+        suffix = "" if precision == "auto" else f"_{precision}"
         for size in sizes:
             grounder = reused.pop(size, None) or build_grounder(clip_model, device, precision, size, backend=backend)
             start = time.perf_counter()
@@ -235,7 +236,9 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
     grounder = build_grounder(clip_model, device, "auto", 416, backend=backend)
     naive = naive_forward(clip_model, grounder)  # also loads its weights into the grounder
     on_cpu = grounder.device.type == "cpu"
-    alternatives = {"torch_fp32": dict(backend="torch", precision="fp32")}
+    # the torch precision that the default path does not use (CPU: fp32; CUDA: fp16 autocast)
+    other = "fp32" if on_cpu else "fp16"
+    alternatives = {f"torch_{other}": dict(backend="torch", precision=other)}
     if on_cpu and _onnxruntime_available():
         alternatives["ort_fp32"] = dict(backend="onnxruntime", precision="fp32")
         if extra_paths:  # int8 with the grounder's own fidelity gate
@@ -243,6 +246,8 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
     if extra_paths:
         alternatives["torch_compiled"] = dict(backend="torch", precision="fp32" if on_cpu else "fp16",
                                               compile="default" if on_cpu else "reduce-overhead")
+        if not on_cpu:  # does fp16 still pay once CUDA graphs have removed the launch overhead?
+            alternatives["torch_compiled_fp32"] = dict(backend="torch", precision="fp32", compile="reduce-overhead")
     variants = {"default": grounder}
     variants.update({name: AffordanceGrounder(grounder.clip, grounder.fpn, replace(grounder.config, **changes))
                      for name, changes in alternatives.items()})

@@ -19,9 +19,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto"
                        help="trained FPN (.safetensors); without it the training-free dense CLIP head is used")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     group.add_argument("--precision", default=precision, choices=PRECISIONS,
-                       help="torch: autocast precision, auto = fp16 on CUDA, fp32 on CPU; onnxruntime: auto = "
-                            "int8 (quantised once per weights and cached) when its heatmaps stay faithful to fp32 "
-                            f"(Pearson >= 0.99), else fp32 (default: {precision})")
+                       help="torch: autocast precision, auto = fp32 (on CUDA fp16 under --compile); onnxruntime: "
+                            "auto = int8 (quantised once per weights and cached) when its heatmaps stay faithful "
+                            f"to fp32 (Pearson >= 0.99), else fp32 (default: {precision})")
     group.add_argument("--backend", default="auto", choices=BACKENDS,
                        help="image path: auto = onnxruntime on CPU (about 2x faster), torch on CUDA")
     group.add_argument("--compile", default="off", choices=COMPILE_MODES,

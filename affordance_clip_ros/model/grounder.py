@@ -38,7 +38,7 @@ class GrounderConfig:
     clip_pretrained: str = "openai"  # open_clip tag, local file, or "none" (random: tests only)
     fpn_checkpoint: str | None = None  # None: training-free dense CLIP head
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # torch: auto = fp16 on CUDA, fp32; onnxruntime: auto = int8 if faithful, else fp32
+    precision: str = "auto"  # torch: auto = fp16 on CUDA when compiled, else fp32; onnxruntime: int8 if faithful
     backend: str = "auto"  # image path: auto (onnxruntime on CPU, torch on CUDA) | torch | onnxruntime
     compile: str = "off"  # torch image path: off | default | reduce-overhead | max-autotune (CUDA graphs: last two)
     input_size: int = 416  # square letterboxed model input, a multiple of 32
@@ -80,17 +80,20 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The torch autocast dtype for a precision setting, or None for plain fp32."""
+def autocast_dtype(precision: str, device: torch.device, compile: str = "off") -> torch.dtype | None:
+    """The torch autocast dtype for a precision setting, or None for plain fp32. "auto" on CUDA is
+    fp16 only under torch.compile: at batch 1 the eager forward is bound by kernel launches, and
+    autocast's extra cast kernels made it slower (H200, RN101 at 416: fp16 8.2 ms, fp32 5.8 ms;
+    compiled with CUDA graphs: fp16 1.90 ms, fp32 2.02 ms)."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        return torch.float16 if device.type == "cuda" and compile != "off" else None
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": None}[precision]
 
 
 def resolve_backend(backend: str, precision: str, device: torch.device, compile: str = "off") -> str:
     """"auto" -> the fastest measured image path on the device (``affordance-clip benchmark``):
     ONNX Runtime on CPU (int8 when faithful: 2.3-2.8x a naive fp32 torch forward; fp32: 1.5x),
-    torch on CUDA (fp16, cuDNN); torch wherever ``compile`` is asked for."""
+    torch on CUDA (cuDNN); torch wherever ``compile`` is asked for."""
     if backend == "auto":
         wants_ort = device.type == "cpu" and compile == "off" and precision in ("auto", "fp32", "int8")
         backend = "onnxruntime" if wants_ort and _onnxruntime_available() else "torch"
@@ -166,7 +169,7 @@ class AffordanceGrounder(nn.Module):
         self.config = config
         self.device = clip.device
         self.backend = resolve_backend(config.backend, config.precision, self.device, config.compile)
-        self.dtype = autocast_dtype(config.precision, self.device)
+        self.dtype = autocast_dtype(config.precision, self.device, config.compile)
         self._embedder: Callable[[torch.Tensor], torch.Tensor] | None = None  # built by prepare()
         self.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
@@ -218,7 +221,7 @@ class AffordanceGrounder(nn.Module):
         if (config.precision, config.input_size) != (self.config.precision, self.config.input_size):
             self._embedder = None  # rebuilt (re-exported) on the next image
         self.config = config
-        self.dtype = autocast_dtype(self.config.precision, self.device)
+        self.dtype = autocast_dtype(self.config.precision, self.device, self.config.compile)
 
     # ------------------------------------------------------------------ text
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:

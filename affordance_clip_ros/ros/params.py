@@ -61,8 +61,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("fpn_checkpoint", "",
               "trained FPN .safetensors file; empty = training-free dense CLIP head", read_only=True),
     ParamSpec("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N", read_only=True),
-    ParamSpec("precision", "auto", "auto = fp16 on CUDA; on CPU int8 when faithful to fp32, else fp32", read_only=True,
-              choices=PRECISIONS),
+    ParamSpec("precision", "auto", "auto = on CUDA fp32, fp16 under compile; on CPU int8 when faithful to fp32, "
+              "else fp32", read_only=True, choices=PRECISIONS),
     ParamSpec("backend", "auto", "image path: auto (ONNX Runtime on CPU, torch on CUDA), torch or onnxruntime",
               read_only=True, choices=BACKENDS),
     ParamSpec("compile", "off", "torch.compile of the torch image path: off, default, reduce-overhead, max-autotune "
