@@ -8,14 +8,16 @@
 # Set-up: a virtualenv (GPU_VENV, default /tmp/affordance-gpu-venv) that sees the machine's own
 # PyTorch, with the wheels of WHEELS (default .whl) installed, and the messages built by colcon.
 # Then, each step logged to OUT_DIR/<step>.log and going on after a failure:
-#   benchmark.json    affordance-clip benchmark --device cuda (fp16 and fp32 at 320/416/640, fp16
-#                     heatmap fidelity, CUDA graphs, peak GPU memory)
+#   benchmark.json    affordance-clip benchmark --device cuda (default fp32 and fp16 at
+#                     320/416/640, fidelity, CUDA graphs fp16 and fp32, peak GPU memory)
 #   ros_latency.json  the node through DDS at 640x480 and 1280x720: latency, frames/s (default
 #                     path; ros_latency_graphs.json: with compile reduce-overhead)
 #   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
-# DEVICE=cpu rehearses the same steps without a GPU (much slower: use SHORT=1). It builds into
-# the repository's build/ and install/ for its own virtualenv: run it in a copy of a development
-# checkout, or `make build` there afterwards.
+# ONLY="benchmark ros_latency ..." runs just those steps (after machine and setup); SIZES="416"
+# times the benchmark at those input sizes only. DEVICE=cpu rehearses the same steps without a
+# GPU (much slower: use SHORT=1). It builds
+# into the repository's build/ and install/ for its own virtualenv: run it in a copy of a
+# development checkout, or `make build` there afterwards.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,16 +32,18 @@ VENV="${GPU_VENV:-/tmp/affordance-gpu-venv}"
 WHEELS="${WHEELS:-$ROOT/.whl}"
 DEVICE="${DEVICE:-cuda}"
 MODEL="RN101"
-SIZES=(320 416 640)
-FRAMES=10
+read -r -a SIZES <<<"${SIZES:-320 416 640}"
+FRAMES=20
 STEPS=20
 BATCH=32
-if [[ -n "${SHORT:-}" ]]; then MODEL="RN-tiny"; SIZES=(416); FRAMES=2; STEPS=2; BATCH=8; fi
+REPEATS=(--repeats 30 --warmup 5)  # a GPU forward takes milliseconds: more runs for a steady median
+if [[ -n "${SHORT:-}" ]]; then MODEL="RN-tiny"; SIZES=(416); FRAMES=2; STEPS=2; BATCH=8; REPEATS=(); fi
 failed=0
 
 step() {  # step NAME COMMAND...: run, log to OUT/NAME.log, say how it went
   local name="$1" start=$SECONDS
   shift
+  if [[ -n "${ONLY:-}" && ! " machine setup $ONLY " =~ " $name " ]]; then return 0; fi
   echo "== $name"
   if "$@" >"$OUT/$name.log" 2>&1; then
     echo "   ok ($((SECONDS - start)) s)"
@@ -94,14 +98,16 @@ machine() {
 
 step machine machine
 step setup set_up || { echo "set-up failed: nothing else can run"; exit 1; }
+# The figures that matter most first, the slow CUDA-graph compile of the ROS run last, so that a
+# run cut short by a time limit still has them.
 step benchmark with_ros -m affordance_clip_ros.cli benchmark --device "$DEVICE" --clip-model "$MODEL" \
-  --sizes "${SIZES[@]}" --json "$OUT/benchmark.json"
+  --sizes "${SIZES[@]}" "${REPEATS[@]}" --json "$OUT/benchmark.json"
 step ros_latency with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" --frames "$FRAMES" \
   --json "$OUT/ros_latency.json"
+step train train
 if [[ "$DEVICE" == cuda* ]]; then
   step ros_latency_graphs with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" \
     --frames "$FRAMES" --backend torch --compile reduce-overhead --json "$OUT/ros_latency_graphs.json"
 fi
-step train train
 echo "gpu_check.sh: figures in $OUT"
 exit $failed

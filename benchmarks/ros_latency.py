@@ -15,7 +15,8 @@ behind another. Per resolution (640x480, 1280x720) it reports:
   ``ros_overhead_ratio`` = e2e / model.
 * ``e2e_fps``: results per second, from the first publish to the last result, while frames are
   published at 100 Hz, faster than the node takes them (it processes the newest frame and drops
-  the others).
+  the others); ``loaded_e2e_ms`` / ``loaded_e2e_p95_ms`` / ``loaded_e2e_max_ms``: publish ->
+  result of the frames answered in that stream (the latency a planner sees at full camera rate).
 * Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
   (sensor_msgs/Image -> RGB array), ``messages_ms`` (heatmap Image + AffordanceResult),
   ``overlay_ms`` (colour map, blend, peaks; published because someone subscribes to ~/overlay),
@@ -110,26 +111,34 @@ def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, 
 
 
 def node_throughput(client: harness.GroundingClient, rgb: np.ndarray, seconds: float, rate_hz: float = 100.0
-                    ) -> float:
-    """Results per second for frames published at ``rate_hz`` for ``seconds``."""
+                    ) -> dict:
+    """For frames published at ``rate_hz`` for ``seconds``: results per second (``e2e_fps``) and
+    the latency of the frames answered, publish to result (``loaded_e2e_ms`` median, p95, max)."""
     time.sleep(0.5)
-    published = set()
+    published: dict[tuple[int, int], float] = {}
     start = time.perf_counter()
     for i in range(int(seconds * rate_hz)):
+        sent = time.perf_counter()
         header = client.publish_image(rgb)
-        published.add((header.stamp.sec, header.stamp.nanosec))
+        published[(header.stamp.sec, header.stamp.nanosec)] = sent
         time.sleep(max(0.0, start + (i + 1) / rate_hz - time.perf_counter()))
-    def answered() -> int:
+
+    def latencies() -> list[float]:
         with client.lock:
-            return sum((r.header.stamp.sec, r.header.stamp.nanosec) in published for r in client.results)
+            return [(arrival - published[stamp]) * 1e3 for r, arrival in zip(client.results, client.result_arrivals)
+                    if (stamp := (r.header.stamp.sec, r.header.stamp.nanosec)) in published]
 
     # until the last result is in (1 s without a new one): results over the time they took
-    count, last_change = answered(), time.perf_counter()
+    count, last_change = len(latencies()), time.perf_counter()
     while time.perf_counter() - last_change < 1.0:
         time.sleep(0.02)
-        if (now := answered()) != count:
+        if (now := len(latencies())) != count:
             count, last_change = now, time.perf_counter()
-    return count / (last_change - start)
+    answered = sorted(latencies())
+    if not answered:
+        raise TimeoutError("no frame of the stream was answered")
+    return {"e2e_fps": count / (last_change - start), "loaded_e2e_ms": statistics.median(answered),
+            "loaded_e2e_p95_ms": answered[int(0.95 * (len(answered) - 1))], "loaded_e2e_max_ms": answered[-1]}
 
 
 def main() -> int:
@@ -166,7 +175,7 @@ def main() -> int:
             rgb = frame(width, height)
             figures = node_latency(client, rgb, args.frames, args.timeout)
             if args.throughput_seconds > 0:
-                figures["e2e_fps"] = node_throughput(client, rgb, args.throughput_seconds)
+                figures.update(node_throughput(client, rgb, args.throughput_seconds))
             figures.update(in_process_costs(grounder, rgb, max(3, args.frames // 2)))
             for name, value in figures.items():
                 results[f"{name}_{width}x{height}"] = value

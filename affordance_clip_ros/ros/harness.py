@@ -222,6 +222,7 @@ class GroundingClient:
         self.node = rclpy.create_node(node_name, context=self.context)
         self.lock = threading.Condition()
         self.results: list[AffordanceResult] = []
+        self.result_arrivals: list[float] = []  # time.perf_counter() at which each of ``results`` came
         self.heatmaps: list[Image] = []
         self.overlays: list[Image] = []
         self.contacts: list[PointStamped] = []
@@ -261,6 +262,8 @@ class GroundingClient:
     def _recorder(self, store: list) -> Callable:
         def record(msg) -> None:
             with self.lock:
+                if store is self.results:
+                    self.result_arrivals.append(time.perf_counter())
                 store.append(msg)
                 self.lock.notify_all()
         return record
@@ -287,7 +290,8 @@ class GroundingClient:
 
     def clear(self) -> None:
         with self.lock:
-            for store in (self.results, self.heatmaps, self.overlays, self.contacts, self.markers, self.diagnostics):
+            for store in (self.results, self.result_arrivals, self.heatmaps, self.overlays, self.contacts,
+                          self.markers, self.diagnostics):
                 store.clear()
 
     def latest_diagnostics(self, timeout: float = 3.0, after: int | None = None) -> dict[str, str]:
