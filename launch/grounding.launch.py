@@ -42,15 +42,17 @@ ARGUMENTS = (
      "(empty: params_file's value)"),
     ("fpn_checkpoint", "", "trained FPN .safetensors (empty: params_file's value; the packaged file has none, "
      "which means the training-free dense CLIP head)"),
+    ("compile", "", "torch.compile of the image path: off, default, reduce-overhead (CUDA graphs: on a GPU about 2x "
+     "the frames/s, some seconds more start-up), max-autotune (empty: params_file's value)"),
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
-     "YAML parameter file; the four arguments above override it when given"),
+     "YAML parameter file; the five arguments above override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
     ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
      "auto = unless FASTDDS_DEFAULT_PROFILES_FILE is set, true, false"),
 )
 # Arguments that override params_file when not empty, with their parameter types.
-PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str}
+PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
 # Fast DDS 3 (Kilted and later) reads FASTDDS_DEFAULT_PROFILES_FILE; Fast DDS 2 (Humble, Jazzy) the older name.
 PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")

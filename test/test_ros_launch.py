@@ -25,11 +25,12 @@ PKG = "affordance_clip_ros"
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "grounding.launch.py"
 EXPECTED_ARGUMENTS = {"image_topic", "depth_topic", "camera_info_topic", "query_topic", "use_depth", "device",
-                      "clip_pretrained", "fpn_checkpoint", "params_file", "namespace", "rviz", "use_fastdds_profile"}
+                      "clip_pretrained", "fpn_checkpoint", "compile", "params_file", "namespace", "rviz",
+                      "use_fastdds_profile"}
 # Where each argument must end up.
 TO_NODE_REMAP = {"image_topic": "image", "depth_topic": "depth", "camera_info_topic": "camera_info",
                  "query_topic": grounding_node.QUERY_TOPIC}
-TO_NODE_PARAM = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str}
+TO_NODE_PARAM = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
 
 
 def installed_share() -> Path:
@@ -152,7 +153,8 @@ def test_generate_launch_description_declares_every_argument(launch_file):
 def test_every_argument_reaches_the_node(launch_file):
     given = {"image_topic": "/cam/rgb", "depth_topic": "/cam/depth", "camera_info_topic": "/cam/info",
              "query_topic": "/robot/query", "use_depth": "true", "device": "cuda:1", "clip_pretrained": "/w.bin",
-             "fpn_checkpoint": "/fpn.safetensors", "params_file": "/robot/params.yaml", "namespace": "arm",
+             "fpn_checkpoint": "/fpn.safetensors", "compile": "reduce-overhead", "params_file": "/robot/params.yaml",
+             "namespace": "arm",
              "rviz": "true", "use_fastdds_profile": "true"}
     actions = _launch(launch_file, **given)
     nodes = {n.kwargs["executable"]: n for n in actions["Node"]}
