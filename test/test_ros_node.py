@@ -336,10 +336,12 @@ def counters(client, after_idle: float = 1.2) -> dict[str, int]:
     return {k: int(v) for k, v in d.items() if k.startswith("frames_")}
 
 
-def test_burst_of_60_frames_processes_the_newest_and_counts_replaced(grounding, coffee):
+@pytest.mark.parametrize("max_rate_hz", [5.0, 0.0], ids=["rate-limited", "busy"])
+def test_burst_of_60_frames_processes_the_newest_and_counts_replaced(grounding, coffee, max_rate_hz):
+    """A 30 Hz camera. Rate-limited, the node is slower than the camera on any machine, so
+    replacements must happen; busy, the worker runs inference back to back while frames arrive."""
     node, client = grounding
-    # max_rate_hz makes the node slower than the camera on any machine: replacements must happen.
-    assert all(r.successful for r in client.set_parameters(prompts="drink with", max_rate_hz=5.0))
+    assert all(r.successful for r in client.set_parameters(prompts="drink with", max_rate_hz=max_rate_hz))
     try:
         before = counters(client)
         client.clear()
@@ -359,15 +361,17 @@ def test_burst_of_60_frames_processes_the_newest_and_counts_replaced(grounding, 
         while delta is None and time.monotonic() < deadline:
             delta = settled()
         assert delta, "counters never added up"
-        # A 30 Hz camera: the callbacks only store the frame, so the executor takes (nearly) every
-        # one before the next replaces it in the node's 1-frame DDS queue (60 of 60 in every run
-        # here; rclpy's MultiThreadedExecutor, used before, got 14 to 59 in some runs). Frames the
-        # node sees come faster than 5 Hz, so some of them are replaced, and every one is counted.
+        # The callbacks only store the frame, so the executor takes (nearly) every one before the
+        # next replaces it in the node's 1-frame DDS queue, also while the worker is busy (60 of 60
+        # in every run here). rclpy's MultiThreadedExecutor, used before, got 14 to 59 of them in
+        # some rate-limited runs (this test does not catch it every time; benchmarks/ros_latency.py
+        # shows it as frames/s and stream latency).
         assert 45 <= delta["frames_received"] <= 60, delta
-        assert delta["frames_rejected"] == delta["frames_failed"] == 0
-        assert 1 <= delta["frames_processed"] < 20 and delta["frames_replaced"] >= 1, delta
+        assert delta["frames_rejected"] == delta["frames_failed"] == 0 and delta["frames_processed"] >= 1
+        if max_rate_hz:  # frames come faster than 5 Hz: some are replaced, and every one is counted
+            assert delta["frames_processed"] < 20 and delta["frames_replaced"] >= 1, delta
         print(f"\nburst: 60 sent at 30 Hz, node received {delta['frames_received']}, processed "
-              f"{delta['frames_processed']}, replaced {delta['frames_replaced']} (max_rate_hz 5)")
+              f"{delta['frames_processed']}, replaced {delta['frames_replaced']} (max_rate_hz {max_rate_hz})")
         with client.lock:
             done = [r.header.stamp.sec * 10**9 + r.header.stamp.nanosec for r in client.results
                     if r.header.frame_id == "burst"]
