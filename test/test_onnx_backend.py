@@ -59,6 +59,16 @@ def test_auto_precision_is_fp16_on_cuda_only_under_compile():
     assert autocast_dtype("fp32", cuda, compile="max-autotune") is None
 
 
+def test_a_compile_that_fails_says_how_to_run_without_it(torch_grounder):
+    """No working compiler on the machine (here: inductor pointed at a C++ compiler that does not
+    exist, caches off): a clear error at start-up that names the fix."""
+    from torch._inductor import config as inductor_config
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False}), \
+            pytest.raises(RuntimeError, match="compile to 'off'") as failure:
+        same_weights(torch_grounder, compile="default", input_size=192)
+    assert "InvalidCxxCompiler" in str(failure.value)
+
+
 def test_compiled_torch_image_path_gives_the_eager_heatmaps(torch_grounder, coffee):
     """compile: the image path is compiled when the grounder is prepared, and changes no heatmap."""
     compiled = same_weights(torch_grounder, compile="default")

@@ -146,8 +146,14 @@ def compiled_image_path(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
     start = time.perf_counter()
     with torch.inference_mode(), grounder._autocast():  # frames arrive as inference tensors
         blank = torch.zeros(1, 3, size, size, device=grounder.device)
-        for _ in range(3):  # CUDA graph trees warm up, then record, then replay
-            compiled(blank)
+        try:
+            for _ in range(3):  # CUDA graph trees warm up, then record, then replay
+                compiled(blank)
+        except Exception as e:  # noqa: BLE001 - whatever the compiler stack raises, say what to do
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise RuntimeError(f"torch.compile (mode {mode}) of the image path failed: {type(e).__name__}: {reason}. "
+                               "It needs Triton on CUDA or a C++ compiler on the CPU; set compile to 'off' to run "
+                               "the image path without it.") from e
     log.info("torch.compile (mode %s) of the image path at %d px: %.1f s", mode, size, time.perf_counter() - start)
     return compiled
 
