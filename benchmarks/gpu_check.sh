@@ -15,9 +15,8 @@
 #   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
 # ONLY="benchmark ros_latency ..." runs just those steps (after machine and setup); SIZES="416"
 # times the benchmark at those input sizes only. DEVICE=cpu rehearses the same steps without a
-# GPU (much slower: use SHORT=1). It builds
-# into the repository's build/ and install/ for its own virtualenv: run it in a copy of a
-# development checkout, or `make build` there afterwards.
+# GPU (much slower: use SHORT=1). It builds into the repository's build/ and install/ for its own
+# virtualenv: run it in a copy of a development checkout, or `make build` there afterwards.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -45,7 +45,7 @@ ARGUMENTS = (
     ("compile", "", "torch.compile of the image path: off, default, reduce-overhead (CUDA graphs: on a GPU about 2x "
      "the frames/s, some seconds more start-up), max-autotune (empty: params_file's value)"),
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
-     "YAML parameter file; the five arguments above override it when given"),
+     "YAML parameter file; use_depth, device, clip_pretrained, fpn_checkpoint and compile override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
     ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
