@@ -150,7 +150,7 @@ def compiled_image_path(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
             for _ in range(3):  # CUDA graph trees warm up, then record, then replay
                 compiled(blank)
         except Exception as e:  # noqa: BLE001 - whatever the compiler stack raises, say what to do
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = (str(e).strip().splitlines() or [""])[0]
             raise RuntimeError(f"torch.compile (mode {mode}) of the image path failed: {type(e).__name__}: {reason}. "
                                "It needs Triton on CUDA or a C++ compiler on the CPU; set compile to 'off' to run "
                                "the image path without it.") from e
