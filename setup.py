@@ -3,7 +3,16 @@
 On a ROS 2 system the package is built by colcon through CMakeLists.txt instead, which also
 generates the ``affordance_clip_ros.msg`` interfaces.
 """
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def requirements() -> list[str]:
+    """The ranges in requirements.txt, the one list of what the package needs."""
+    lines = Path(__file__).with_name("requirements.txt").read_text(encoding="utf-8").splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
 
 setup(
     name="affordance_clip_ros",
@@ -13,20 +22,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["affordance_clip_ros", "affordance_clip_ros.*"]),
     package_data={"affordance_clip_ros.model": ["configs/*.json"]},
-    install_requires=[
-        "torch>=2.4",
-        "torchvision",
-        "open_clip_torch>=3.0",
-        "numpy",
-        "opencv-python-headless",
-        "Pillow",
-        "scikit-image",
-        "safetensors",
-        "tqdm",
-        "matplotlib",
-        "pycocotools",
-        "PyYAML",
-    ],
-    extras_require={"export": ["onnx", "onnxruntime"]},
+    install_requires=requirements(),
     entry_points={"console_scripts": ["affordance-clip = affordance_clip_ros.cli:main"]},
 )

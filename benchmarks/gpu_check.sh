@@ -69,7 +69,7 @@ set_up() {
   # --ignore-installed: the machine's packages are visible, and must not stand in for these.
   venv_pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl || return 1
   "$VENV/bin/python" -c "import torch, torchvision, cv2, skimage, onnxruntime, open_clip, pycocotools, matplotlib, \
-psutil, safetensors, tqdm, yaml" || { echo "a module above is missing on this machine: add its wheel" >&2; return 1; }
+safetensors, tqdm, yaml" || { echo "a module above is missing on this machine: add its wheel" >&2; return 1; }
   "$VENV/bin/python" scripts/fix_ros_wheels.py || return 1
   VENV="$VENV" bash scripts/build_ros.sh
 }

@@ -2,8 +2,8 @@
 
 Not part of CI. After ``make build``::
 
-    bash scripts/with_ros.sh .venv/bin/python benchmarks/ros_latency.py --json ros_latency.json
-    bash scripts/with_ros.sh .venv/bin/python benchmarks/ros_latency.py --clip-model RN-tiny --frames 5  # quick
+    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/ros_latency.py --json ros_latency.json
+    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/ros_latency.py --clip-model RN-tiny --frames 5  # quick
 
 The installed ``grounding_node`` runs in its own process (random CLIP weights, one prompt,
 Fast DDS profile as the launch file sets it); this process publishes one frame at a time

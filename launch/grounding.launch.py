@@ -26,6 +26,8 @@ from launch_ros.actions import Node
 from launch_ros.descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from affordance_clip_ros.ros.compat import fastdds_profile_set, fastdds_profile_variable
+
 PACKAGE = "affordance_clip_ros"
 
 # name, default, description (the single list of launch arguments)
@@ -53,9 +55,6 @@ ARGUMENTS = (
 )
 # Arguments that override params_file when not empty, with their parameter types.
 PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
-# Fast DDS 3 (Kilted and later) reads FASTDDS_DEFAULT_PROFILES_FILE; Fast DDS 2 (Humble, Jazzy) the older name.
-PROFILE_VARIABLES = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-FAST_DDS_2_DISTROS = ("humble", "iron", "jazzy")
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -98,8 +97,8 @@ def _launch_setup(context) -> list:
     )
     environment = getattr(context, "environment", os.environ)  # launch < Humble: os.environ itself
     profile = []  # applies to the processes started after it (the node, RViz)
-    if _use_package_profile(value["use_fastdds_profile"], any(name in environment for name in PROFILE_VARIABLES)):
-        variable = PROFILE_VARIABLES[environment.get("ROS_DISTRO", "") in FAST_DDS_2_DISTROS]
+    if _use_package_profile(value["use_fastdds_profile"], fastdds_profile_set(environment)):
+        variable = fastdds_profile_variable(environment)
         profile = [SetEnvironmentVariable(variable, PathJoinSubstitution([share, "config", "fastdds_profile.xml"]))]
     return [*profile, rviz, node]  # RViz first: when it is missing, launch stops before starting the node
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Build the ROS 2 package (messages + Python package + executables) with colcon into install/,
-# using the ROS 2 wheels in the virtualenv instead of a /opt/ros installation.
+# Build the ROS 2 package (messages + Python package + executables) with colcon into
+# install/<distro>/, using the ROS 2 wheels in the distribution's virtualenv instead of a /opt/ros
+# installation.
 #
-#   bash scripts/build_ros.sh            (what `make build` runs)
-#   VERBOSE=1 bash scripts/build_ros.sh  (show colcon's output even on success)
+#   bash scripts/build_ros.sh                    (what `make build` runs; Kilted)
+#   ROS_DISTRO=jazzy bash scripts/build_ros.sh   (Jazzy: .venv-jazzy -> build/jazzy, install/jazzy)
+#   VERBOSE=1 bash scripts/build_ros.sh          (show colcon's output even on success)
 #   VENV=/path/to/venv bash scripts/build_ros.sh
+#   BUILD_TESTING=ON bash scripts/build_ros.sh   (register the pytest suite for `colcon test`)
 #
 # Quiet on success (one line); on failure it prints colcon's output and where the full log is.
 # A build with nothing changed costs about a second (colcon start-up, a make that finds every
@@ -25,20 +28,22 @@
 #   removed module would otherwise stay importable from install/).
 #
 # colcon crawls --base-paths for packages; it stops descending at the first directory that is a
-# package (the repository root here) and skips dot-directories, so .venv/ (which holds the
+# package (the repository root here) and skips dot-directories, so .venv-<distro>/ (which holds the
 # wheels' own package.xml files under share/) is never crawled. build/, install/ and log/ get
 # a COLCON_IGNORE marker from colcon itself.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-VENV="$(cd "${VENV:-$ROOT/.venv}" 2>/dev/null && pwd)" || {
-  echo "build_ros.sh: no virtualenv at ${VENV:-$ROOT/.venv}: run 'make setup' first" >&2
+DISTRO="${ROS_DISTRO:-kilted}"
+VENV="$(cd "${VENV:-$ROOT/.venv-$DISTRO}" 2>/dev/null && pwd)" || {
+  echo "build_ros.sh: no virtualenv at ${VENV:-$ROOT/.venv-$DISTRO}: run 'ROS_DISTRO=$DISTRO make setup' first" >&2
   exit 1
 }
 PY="$VENV/bin/python"
-BUILD_BASE="$ROOT/build"
-INSTALL_BASE="$ROOT/install"
+BUILD_BASE="${BUILD_BASE:-$ROOT/build/$DISTRO}"
+INSTALL_BASE="${INSTALL_BASE:-$ROOT/install/$DISTRO}"
+LOG_BASE="${LOG_BASE:-$ROOT/log/$DISTRO}"
 PKG="affordance_clip_ros"
 
 for tool in "$PY" "$VENV/bin/colcon"; do
@@ -70,18 +75,18 @@ trap 'rm -f "$output"' EXIT
 start=$SECONDS
 # Python3_EXECUTABLE pins find_package(Python3) (ament_cmake, rosidl_generator_py) to the
 # venv: its sysconfig gives the include dir and site-packages layout, its numpy the headers.
-if ! colcon build \
+if ! colcon --log-base "$LOG_BASE" build \
     --base-paths "$ROOT" \
     --build-base "$BUILD_BASE" \
     --install-base "$INSTALL_BASE" \
     --event-handlers console_direct+ \
     --cmake-args \
-      -DBUILD_TESTING=OFF \
+      "-DBUILD_TESTING=${BUILD_TESTING:-OFF}" \
       -DCMAKE_BUILD_TYPE=Release \
       "-DPython3_EXECUTABLE=$PY" \
     >"$output" 2>&1; then
   cat "$output" >&2
-  echo "build_ros.sh: colcon build FAILED; full log: $ROOT/log/latest_build/$PKG/" >&2
+  echo "build_ros.sh: colcon build FAILED; full log: $LOG_BASE/latest_build/$PKG/" >&2
   exit 1
 fi
 if [[ -n "${VERBOSE:-}" ]]; then cat "$output"; fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download the wheels that benchmarks/gpu_check.sh needs on a GPU machine without internet access
 # that already has a usual PyTorch stack (torch with CUDA, torchvision, numpy, OpenCV,
-# scikit-image, ONNX Runtime, timm, huggingface_hub, safetensors, tqdm, matplotlib, psutil, PyYAML):
+# scikit-image, ONNX Runtime, timm, huggingface_hub, safetensors, tqdm, matplotlib, PyYAML):
 # the ROS 2 wheels with their build tools, and open_clip with what it needs beyond that stack,
 # for that machine's Python. gpu_check.sh says which module is missing, if any.
 #
@@ -28,14 +28,17 @@ done
 download=("${PIP[@]}" download -q --only-binary=:all: --python-version "$PYVER" --implementation cp
           "${platforms[@]}" --find-links "$sources" -d "$DEST")
 
-pins() {  # NAME==VERSION of each named package, as this repository pins it
-  grep -hiE "^($(IFS='|'; echo "$*"))==" "$ROOT"/requirements*.txt | sed 's/[[:space:]]*#.*//'
+LOCK="$ROOT/requirements/${ROS_DISTRO:-kilted}.txt"
+pins() {  # NAME==VERSION of each named package, as the distribution's lock pins it
+  grep -hiE "^($(IFS='|'; echo "$*"))==" "$LOCK" | sed 's/[[:space:]]*#.*//'
 }
 
 # shellcheck disable=SC2046
 "${PIP[@]}" wheel -q --no-deps -w "$sources" $(pins empy lark-parser catkin-pkg)
 # The ROS 2 wheels and colcon, with everything they need.
-"${download[@]}" -r "$ROOT/requirements-ros.txt"
+ros_lock="$sources/ros.txt"
+grep -iE "^(ros-|colcon-|catkin-pkg|empy|lark-parser)" "$LOCK" >"$ros_lock"
+"${download[@]}" -r "$ros_lock"
 # This package's own dependencies that a CUDA PyTorch machine lacks.
 # shellcheck disable=SC2046
 "${download[@]}" --no-deps $(pins open_clip_torch ftfy wcwidth regex pycocotools)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make demo`: the installed grounding node on a simulated RGB-D camera, end to end over ROS 2.
 
-    bash scripts/with_ros.sh .venv/bin/python scripts/ros_demo.py --out demo_output
+    bash scripts/with_ros.sh .venv-kilted/bin/python scripts/ros_demo.py --out demo_output
 
 Starts `grounding_node` (CLIP RN101, the paper's model) as its own process, plays two real
 photos from scikit-image as a camera and publishes prompts on the query topic:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Run a command in the ROS 2 environment of this repository: the ROS 2 wheels in the virtualenv
-# plus this package's colcon install (install/, built by `make build`).
+# of one distribution plus this package's colcon install for it (install/<distro>/, built by
+# `make build`).
 #
-#   bash scripts/with_ros.sh .venv/bin/python -m pytest -q test
-#   bash scripts/with_ros.sh \
-#       install/affordance_clip_ros/lib/affordance_clip_ros/grounding_node --ros-args -r image:=...
+#   bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test
+#   ROS_DISTRO=jazzy bash scripts/with_ros.sh .venv-jazzy/bin/python -m pytest -q test
+#   bash scripts/with_ros.sh grounding_node --ros-args -r image:=...
 #
 # Which copy of `affordance_clip_ros` is imported: the installed one, always. It is the only copy
 # that holds the generated `affordance_clip_ros.msg` next to the pure Python sources.
@@ -20,22 +21,24 @@
 #   ROS_DOMAIN_ID=<1..100 from this checkout's path>  deterministic per checkout, so runs from
 #       different checkouts on one machine do not see each other's topics
 #   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST  discovery stays on this machine
-#   VENV=<repo>/.venv
+#   ROS_DISTRO=kilted                    jazzy or kilted: which virtualenv and install tree
+#   VENV=<repo>/.venv-$ROS_DISTRO
 set -eo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$(cd "${VENV:-$ROOT/.venv}" 2>/dev/null && pwd)" || {
-  echo "with_ros.sh: no virtualenv at ${VENV:-$ROOT/.venv}: run 'make setup' first" >&2
+export ROS_DISTRO="${ROS_DISTRO:-kilted}"
+VENV="$(cd "${VENV:-$ROOT/.venv-$ROS_DISTRO}" 2>/dev/null && pwd)" || {
+  echo "with_ros.sh: no virtualenv at ${VENV:-$ROOT/.venv-$ROS_DISTRO}: run 'ROS_DISTRO=$ROS_DISTRO make setup' first" >&2
   exit 1
 }
-INSTALL_BASE="$ROOT/install"
+INSTALL_BASE="${INSTALL_BASE:-$ROOT/install/$ROS_DISTRO}"
 
 if [[ $# -eq 0 ]]; then
   echo "usage: $0 COMMAND [ARGS...]" >&2
   exit 2
 fi
 if [[ ! -f "$INSTALL_BASE/local_setup.sh" ]]; then
-  echo "with_ros.sh: $INSTALL_BASE/local_setup.sh not found: run 'make build' first" >&2
+  echo "with_ros.sh: $INSTALL_BASE/local_setup.sh not found: run 'ROS_DISTRO=$ROS_DISTRO make build' first" >&2
   exit 1
 fi
 

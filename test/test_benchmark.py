@@ -50,7 +50,8 @@ def test_gpu_check_runs_every_step_when_rehearsed_on_the_cpu(tmp_path):
             shutil.copy2(source, repo / name.decode())
     env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/local/bin:/usr/bin:/bin",
            "LANG": "C.UTF-8", "TMPDIR": str(tmp_path), "PYTHON": sys.executable, "DEVICE": "cpu", "SHORT": "1",
-           "GPU_VENV": str(tmp_path / "venv"), "WHEELS": str(tmp_path / "wheels")}
+           "GPU_VENV": str(tmp_path / "venv"), "WHEELS": str(tmp_path / "wheels"),
+           "ROS_DISTRO": os.environ.get("ROS_DISTRO", "kilted")}
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     subprocess.run(["bash", "scripts/gpu_wheels.sh", str(tmp_path / "wheels"), version], cwd=repo, env=env,
                    check=True, capture_output=True)

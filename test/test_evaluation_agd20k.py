@@ -206,7 +206,7 @@ def test_evaluate_command_end_to_end(agd20k, tmp_path, recorded_predictions):
     assert "| empty GT (all zero) | 1 |" in report and "qualitative.png" in report
     assert "Not comparable with the paper" in report and "1.917" in report  # Table 3 rows
     figure = cv2.imread(str(out / "qualitative.png"))
-    assert figure is not None and figure.shape[:2] == (3 * 280, 900)  # image | GT | prediction, one row per affordance
+    assert figure is not None and figure.shape[:2] == (3 * 300, 900)  # image | GT | prediction, one row per affordance
 
 
 def test_evaluate_levels_is_checked_against_the_checkpoint(agd20k, tmp_path, tiny_clip, caplog):

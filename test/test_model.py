@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
@@ -219,13 +219,18 @@ def test_clip_weights_load_from_a_local_file(tmp_path):
 def test_missing_clip_download_fails_fast_with_instructions(tmp_path):
     """Offline, open_clip alone retries for about a minute; we fail at once with one clear message."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path)}
-    code = ("from affordance_clip_ros.model import FrozenCLIP\n"
-            "FrozenCLIP.create('RN101', 'openai', 'cpu')\n")
-    start = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - start
+    # Timed from after the imports, which take seconds on a busy machine and are not the point.
+    code = ("import sys, time\n"
+            "from affordance_clip_ros.model import FrozenCLIP\n"
+            "start = time.monotonic()\n"
+            "try:\n"
+            "    FrozenCLIP.create('RN101', 'openai', 'cpu')\n"
+            "finally:\n"
+            "    print(f'create took {time.monotonic() - start:.3f} s', file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "WeightsNotFoundError" in result.stderr
     for needed in ("open_clip_model.safetensors", "timm/resnet101_clip.openai", "--clip-pretrained"):
         assert needed in result.stderr
+    elapsed = float(re.search(r"create took ([0-9.]+) s", result.stderr).group(1))
     assert elapsed < 10.0, f"offline failure took {elapsed:.1f} s"

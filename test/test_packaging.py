@@ -14,7 +14,8 @@ def test_pip_wheel_holds_the_library_configs_and_command(tmp_path):
     source = tmp_path / "src"  # a copy, so that setuptools' build/ and egg-info stay out of the checkout
     shutil.copytree(ROOT / "affordance_clip_ros", source / "affordance_clip_ros",
                     ignore=shutil.ignore_patterns("__pycache__", "msg"))
-    shutil.copy(ROOT / "setup.py", source)
+    for name in ("setup.py", "requirements.txt", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
     [wheel] = tmp_path.glob("affordance_clip_ros-*.whl")

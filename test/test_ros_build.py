@@ -1,7 +1,7 @@
 """The colcon build of the package: generated messages, one importable copy, rclpy round trips.
 
 Run through the ROS environment after `make build`:
-    bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_build.py
+    bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_build.py
 Without an installed affordance_clip_ros on AMENT_PREFIX_PATH the module fails at collection with
 that instruction, so a broken build can never pass as skipped tests.
 """
@@ -72,9 +72,9 @@ def test_msg_resolves_from_the_colcon_install():
     msg_file = _abs(pkg_msg.__file__)
     assert msg_file.is_relative_to(prefix), f"{msg_file} is not under the install prefix {prefix}"
     assert not msg_file.is_relative_to(REPO / PKG), "msg resolved from the source tree"
-    # the repository's own install/ when run through scripts/with_ros.sh
-    if (REPO / "install" / PKG).is_dir() and prefix.is_relative_to(REPO):
-        assert msg_file.is_relative_to(REPO / "install")
+    # the repository's own install/<distro>/ when run through scripts/with_ros.sh
+    if prefix.is_relative_to(REPO):
+        assert msg_file.is_relative_to(REPO / "install" / os.environ.get("ROS_DISTRO", "kilted"))
 
 
 def test_package_and_msg_are_one_copy():

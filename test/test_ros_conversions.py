@@ -1,7 +1,7 @@
 """sensor_msgs/Image <-> numpy (affordance_clip_ros.ros.conversions): exact, strict, fuzzed.
 
 Run through the ROS environment after `make build`:
-    bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_conversions.py
+    bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_conversions.py
 """
 from __future__ import annotations
 

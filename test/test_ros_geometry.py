@@ -1,7 +1,7 @@
 """Depth -> 3D (affordance_clip_ros.ros.geometry): units, invalid pixels, window medians,
 pinhole deprojection, on synthetic data and on the real Middlebury "Motorcycle" RGB-D frame.
 
-    bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_geometry.py
+    bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_geometry.py
 """
 from __future__ import annotations
 

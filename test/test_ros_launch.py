@@ -2,7 +2,7 @@
 (not installable here, DESIGN.md section 5): the launch file is parsed (ast) and also run against
 recording stand-ins for the launch / launch_ros classes; every file it names must be installed.
 
-    make build && bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_launch.py
+    make build && bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_launch.py
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 outputs, headers, RGB-D 3D points, newest-frame processing, run-time prompts and parameters,
 /diagnostics. One node process serves the whole module.
 
-    make build && bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_node.py
+    make build && bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_node.py
 
 Isolation from other runs on the same machine: a domain id derived from this process id, and a
 namespace of its own for the node, its camera topics and its query topic.

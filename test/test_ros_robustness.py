@@ -2,7 +2,7 @@
 prompts, floods, exceptions inside inference, signals, start-up errors. Each against the
 running installed node (tiny random CLIP on CPU), plus the pure helpers they rely on.
 
-    make build && bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_ros_robustness.py
+    make build && bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_robustness.py
 
 Run with -s to see the measured memory (VmRSS) of the node before and after the flood.
 """

@@ -159,7 +159,7 @@ def write_figure(examples: list[Example], path: str | os.PathLike) -> Path | Non
     """Grid with one row per example: image with its prompt | ground truth | prediction (Agg, no display)."""
     if not examples:
         return None
-    figure = Figure(figsize=(9, 2.8 * len(examples)), dpi=100)
+    figure = Figure(figsize=(9, 3 * len(examples)), dpi=100)  # whole inches: the same pixels with every matplotlib
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(examples), 3, squeeze=False)
     for row, example in zip(axes, examples):

@@ -7,6 +7,7 @@
 * ``messages``: building result, marker and diagnostics messages
 * ``frames``: the newest-frame slot, the depth buffer, statistics and throttled logging
 * ``inference``: the grounder on frames of any size (huge frames are downscaled for the model)
+* ``compat``: the few things that differ between ROS 2 distributions (Jazzy, Kilted)
 * ``grounding_node``: the node and ``main``
 * ``harness``: start the installed node as a process and talk to it (tests and the demo)
 

@@ -39,7 +39,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
@@ -50,6 +49,7 @@ from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
 from ..visualization import draw_overlay
 from . import params
+from .compat import MessageInfo
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
 from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, ThrottledLog, stamp_ns
 from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, deproject_pixels

@@ -41,6 +41,7 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from ..msg import AffordanceResult
+from .compat import fastdds_profile_set, fastdds_profile_variable
 from .conversions import numpy_to_image
 
 PACKAGE = "affordance_clip_ros"
@@ -87,7 +88,7 @@ def ros_env(domain_id: int, fastdds_profile: bool = True, **extra: str) -> dict[
     package's Fast DDS profile (shared memory + large UDP buffers, see config/fastdds_profile.xml)."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1", **extra)
     if fastdds_profile:
-        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(installed_share() / "config" / "fastdds_profile.xml")
+        env[fastdds_profile_variable()] = str(installed_share() / "config" / "fastdds_profile.xml")
     return env
 
 
@@ -97,13 +98,13 @@ def use_fastdds_profile_here() -> bool:
     Between processes, camera-sized images over Fast DDS's default transports are lost and
     repaired late (DESIGN.md section 5), which also delays small messages queued behind them;
     with the profile (shared memory, big buffers) on both sides they arrive in milliseconds.
-    Fast DDS reads FASTDDS_DEFAULT_PROFILES_FILE once per process, when the first participant is
+    Fast DDS reads the profile variable once per process, when the first participant is
     created: call this before any rclpy node exists (at import or start-up). A value already set
     is kept (returns False).
     """
-    if os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE"):
+    if fastdds_profile_set():
         return False
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(installed_share() / "config" / "fastdds_profile.xml")
+    os.environ[fastdds_profile_variable()] = str(installed_share() / "config" / "fastdds_profile.xml")
     return True
 
 
