@@ -171,6 +171,29 @@ class FrameStats:
                     inference_mean_ms=_mean(inference))
 
 
+class LossWindow:
+    """The share of frames lost in transport over the last ``window_s`` seconds, from the running
+    totals of frames received and of frames DDS reported lost (best-effort sample-lost events)."""
+
+    def __init__(self, window_s: float = 5.0):
+        self._window_s = window_s
+        self._samples: collections.deque = collections.deque()  # (time, received total, lost total)
+
+    def add(self, received: int, lost: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, received, lost))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window_s:
+            self._samples.popleft()
+
+    def share(self) -> tuple[float, int]:
+        """(lost / (received + lost), frames lost) within the window; (0.0, 0) before two samples."""
+        if len(self._samples) < 2:
+            return 0.0, 0
+        (_, received0, lost0), (_, received1, lost1) = self._samples[0], self._samples[-1]
+        lost, received = lost1 - lost0, received1 - received0
+        return (lost / (lost + received) if lost + received else 0.0), lost
+
+
 def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 

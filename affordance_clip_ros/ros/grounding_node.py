@@ -49,9 +49,9 @@ from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
 from ..visualization import draw_overlay
 from . import params
-from .compat import MessageInfo
+from .compat import MessageInfo, fastdds_profile_variable
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
-from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, ThrottledLog, stamp_ns
+from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, LossWindow, ThrottledLog, stamp_ns
 from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, deproject_pixels
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
 from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
@@ -78,6 +78,15 @@ LOG_PERIOD_S = 5.0
 # wait this long at most for the depth image of a colour frame that is newer than all depth held.
 DEPTH_WAIT_S = 0.3
 IMAGE_SILENCE_WARN_S = 5.0  # prompts set, outputs subscribed, no image for this long: /diagnostics WARN
+# Share of image frames DDS reported lost over the last LOSS_WINDOW_S seconds above which
+# /diagnostics warns (best-effort readers are told of samples that never arrived).
+TRANSPORT_LOSS_WARN = 0.05
+LOSS_WINDOW_S = 5.0
+# image_qos auto: the publishers are looked at when one connects (matched event) and every
+# AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher); a replaced
+# subscription keeps delivering until its successor does, and is destroyed then (RETIRE_S at most).
+AUTO_QOS_PERIOD_S = 0.5
+RETIRE_S = 2.0
 SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
@@ -124,6 +133,10 @@ class GroundingNode(Node):
                                  event_callbacks=volatile_ok)
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS)
         self._sensor_subs: dict[str, tuple] = {}  # role -> (subscription, reliability, msg type, callback)
+        self._generation: dict[str, int] = {}  # role -> generation of its newest subscription
+        self._live_generation: dict[str, int] = {}  # role -> newest generation that delivered a message
+        self._retiring: list[tuple] = []  # (role, generation, replaced subscription, monotonic time replaced)
+        self._loss = LossWindow(LOSS_WINDOW_S)
         if self.settings.image_transport == "compressed":  # image_transport's name: <remapped image>/compressed
             self._subscribe_sensor("image", CompressedImage, self._on_image,
                                    topic=self.resolve_topic_name("image") + "/compressed")
@@ -135,7 +148,7 @@ class GroundingNode(Node):
 
         self.create_timer(1.0, self._publish_diagnostics)
         if self.settings.image_qos == "auto":
-            self.create_timer(1.0, self._match_publisher_qos)
+            self.create_timer(AUTO_QOS_PERIOD_S, self._match_publisher_qos)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -361,6 +374,7 @@ class GroundingNode(Node):
             backend=getattr(self.grounder, "backend", s.backend),
             prompts=join_prompts(s.prompts),
             text_cache_entries=self.grounder.clip.text_cache_len if self.grounder else 0,
+            transport_loss=f"{self._loss.share()[0]:.3f}",
             image_qos=", ".join(f"{t}: {_reliability_name(rel)}" for t, (_, rel, _, _) in self._sensor_subs.items()))
         self._pub_diagnostics.publish(diagnostics_message(
             self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: affordance grounding",
@@ -380,6 +394,7 @@ class GroundingNode(Node):
                                                                               "no_depth")}
         self._counts_seen = {name: snap[name] for name in new}
         now = time.monotonic()
+        self._loss.add(snap["received"], snap["lost"], now)
         if new["received"]:
             self._last_image_at = now
         problems = []
@@ -387,10 +402,29 @@ class GroundingNode(Node):
             problems.append(f"{new['rejected'] + new['failed']} frame(s) rejected or failed")
         if s.use_depth and new["no_depth"]:
             problems.append(f"{new['no_depth']} frame(s) without 3D points")
+        share, lost = self._loss.share()
+        if share > TRANSPORT_LOSS_WARN:
+            problems.append(self._transport_loss_problem(share, lost))
         silent_s = now - self._last_image_at
         if s.prompts and silent_s > IMAGE_SILENCE_WARN_S and self._has_listeners():
             problems.append(f"no image on {self._sensor_subs['image'][0].topic_name} for {silent_s:.0f} s")
         return problems
+
+    def _transport_loss_problem(self, share: float, lost: int) -> str:
+        """What the loss means and how to fix it, from the image subscription's and publishers' QoS."""
+        sub, reliability = self._sensor_subs["image"][:2]
+        text = f"{share:.0%} of frames on {sub.topic_name} lost in transport ({lost} in {LOSS_WINDOW_S:.0f} s)"
+        publishers = self.get_publishers_info_by_topic(sub.topic_name)
+        if publishers and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers):
+            fix = ("the camera publishes reliably but this node subscribes best effort: set image_qos to auto "
+                   "(the default) or reliable")
+        else:
+            fix = ("the camera publishes best effort and large frames travel as UDP fragments that are never "
+                   "resent: start the camera driver with this package's Fast DDS profile "
+                   f"({fastdds_profile_variable()}=<share>/affordance_clip_ros/config/fastdds_profile.xml), or "
+                   "have it publish reliably")
+        self.throttled.warning("transport loss", f"{text}; {fix}")
+        return text
 
     def _subscribe_sensor(self, role: str, msg_type, callback, reliability=None, topic: str = "") -> None:
         """(Re)create the subscription of ``role`` (image, depth, camera_info) on ``topic`` (default:
@@ -401,15 +435,38 @@ class GroundingNode(Node):
                            else ReliabilityPolicy.BEST_EFFORT)  # best effort also matches reliable publishers
         qos = QoSProfile(depth=QUEUE_DEPTH[role], reliability=reliability, history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.VOLATILE)
+        generation = self._generation[role] = self._generation.get(role, 0) + 1
+
+        def deliver(msg) -> None:  # the newest subscription wins; an older one only until it delivers
+            if generation >= self._live_generation.get(role, 0):
+                self._live_generation[role] = generation
+                callback(msg)
+
+        def lost(info) -> None:  # a replaced best-effort subscription's losses are not the camera's
+            if generation == self._generation[role]:
+                self._on_message_lost(info)
+
+        events = SubscriptionEventCallbacks(
+            matched=self._on_publisher_change if self.settings.image_qos == "auto" else None,
+            message_lost=lost if role == "image" else None)
+        sub = self.create_subscription(msg_type, topic, deliver, qos, event_callbacks=events)
         if role in self._sensor_subs:
-            self.destroy_subscription(self._sensor_subs[role][0])
-        events = SubscriptionEventCallbacks(message_lost=self._on_message_lost) if role == "image" else None
-        sub = self.create_subscription(msg_type, topic, callback, qos, event_callbacks=events)
+            self._retiring.append((role, generation - 1, self._sensor_subs[role][0], time.monotonic()))
         self._sensor_subs[role] = (sub, reliability, msg_type, callback)
+
+    def _on_publisher_change(self, _info) -> None:
+        """A publisher connected or left: decide the reliability now, not at the next timer tick."""
+        self._match_publisher_qos()
 
     def _match_publisher_qos(self) -> None:
         """image_qos=auto (as image_pipeline does): subscribe reliable when every publisher of the
-        topic is reliable (no loss to a best-effort reader), best effort otherwise."""
+        topic is reliable (a best-effort reader loses large frames), best effort otherwise. The
+        subscription being replaced keeps delivering until the new one does."""
+        now = time.monotonic()
+        for retired in [r for r in self._retiring
+                        if self._live_generation.get(r[0], 0) > r[1] or now - r[3] > RETIRE_S]:
+            self.destroy_subscription(retired[2])
+            self._retiring.remove(retired)
         for role, (sub, current, msg_type, callback) in list(self._sensor_subs.items()):
             publishers = self.get_publishers_info_by_topic(sub.topic_name)
             if not publishers:

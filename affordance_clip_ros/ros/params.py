@@ -88,8 +88,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- outputs and input ---
     ParamSpec("publish_overlay", True, "publish ~/overlay (bgr8 heatmap blended on the image)"),
     ParamSpec("overlay_alpha", 0.5, "heatmap weight in the overlay", range=(0.0, 1.0, 0.0)),
-    ParamSpec("image_qos", "sensor_data",
-              "image subscription QoS: sensor_data (best effort), reliable, or auto (match the publisher)",
+    ParamSpec("image_qos", "auto",
+              "image, depth and camera_info subscription reliability: auto (match the publishers: reliable "
+              "when they all are, else best effort), sensor_data (best effort), or reliable",
               read_only=True, choices=IMAGE_QOS_CHOICES),
     ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage "
               "(JPEG or PNG) on <image>/compressed, as image_transport's compressed plugin publishes it",

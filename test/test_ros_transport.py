@@ -1,0 +1,109 @@
+"""Frames from a real camera reach the node: image_qos auto matches the camera's reliability, and
+frames lost in transport show in /diagnostics. The camera is another process
+(benchmarks/dds_check.py camera) started without the package's Fast DDS profile, as a camera driver
+usually is; the node runs with its default image_qos.
+
+    make build && bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_transport.py
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
+
+from rclpy.qos import ReliabilityPolicy  # noqa: E402
+
+from affordance_clip_ros.ros import harness  # noqa: E402
+from affordance_clip_ros.ros.compat import PROFILE_VARIABLES  # noqa: E402
+from affordance_clip_ros.ros.frames import LossWindow  # noqa: E402
+
+if not harness.installed_executable().is_file():
+    pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
+harness.use_fastdds_profile_here()  # this process (the test's client) as the launch file sets up the node
+
+DDS_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "dds_check.py"
+TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu", "prompts": "hold"}
+RATE_HZ = 30
+
+
+def test_loss_window_gives_the_share_lost_over_its_window():
+    window = LossWindow(window_s=5.0)
+    assert window.share() == (0.0, 0)
+    window.add(0, 0, now=0.0)
+    window.add(10, 90, now=1.0)
+    assert window.share() == (0.9, 90)
+    for t in range(2, 9):  # losses stop: the window forgets them after 5 s
+        window.add(10 + 30 * (t - 1), 90, now=float(t))
+    assert window.share() == (0.0, 0)
+
+
+def _start(tmp_path, tag: str):
+    domain = harness.free_domain_id(hash(tag) % 50)
+    ns = f"/t{os.getpid()}_{tag}"
+    node = harness.NodeProcess(TINY, namespace=ns, remappings={"image": f"{ns}/camera/image"},
+                               env=harness.ros_env(domain), log_path=tmp_path / f"{tag}.log").start()
+    return node, harness.GroundingClient(ns, domain), domain, ns
+
+
+def _camera(topic: str, reliability: str, frames: int, domain: int) -> subprocess.Popen:
+    """A 640x480 rgb8 camera at 30 Hz in its own process, without the package's DDS profile."""
+    env = {k: v for k, v in harness.ros_env(domain, fastdds_profile=False).items() if k not in PROFILE_VARIABLES}
+    return subprocess.Popen([sys.executable, str(DDS_CHECK), "camera", "--topic", topic, "--reliability", reliability,
+                             "--frames", str(frames), "--rate", str(RATE_HZ), "--wait-for-subscriber"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_default_image_qos_matches_a_reliable_camera_and_keeps_answering(tmp_path):
+    frames = 8 * RATE_HZ
+    node, client, domain, ns = _start(tmp_path, "reliable_camera")
+    with node, client:
+        assert node.wait_for_log("ready:", 120), node.log()
+        camera = _camera(f"{ns}/camera/image", "reliable", frames, domain)
+        try:
+            assert client.wait_for(lambda: client.node_subscription_reliability() == ReliabilityPolicy.RELIABLE, 20), \
+                f"the node did not subscribe reliable to a reliable camera:\n{node.log()}"
+            assert client.wait_for(lambda: len(client.results) >= 3, 30), f"no results:\n{node.log()}"
+            answered_mid_stream = len(client.results)
+            assert camera.wait(timeout=60) == 0, camera.stderr.read()
+        finally:
+            camera.kill()
+        time.sleep(1.5)  # the last diagnostics period closes
+        diagnostics = client.latest_diagnostics()
+        assert "image: reliable" in diagnostics["image_qos"]
+        # Reliable: nothing lost in transport. The node's queue holds one frame, so on a busy
+        # machine some frames are replaced before its executor takes them (not a transport loss);
+        # a lossy set-up delivers 0-10 of 90 (benchmarks/dds_check.py).
+        received = int(diagnostics["frames_received"])
+        assert received >= frames / 3, f"{received} of {frames} frames reached the node"
+        # A reliable writer drops only what a starved reader did not acknowledge in time (its queue
+        # holds 10 frames): rare, and never enough for the warning.
+        assert float(diagnostics["transport_loss"]) < 0.05 and int(diagnostics["frames_lost"]) <= 0.02 * frames
+        assert not [d for d in client.diagnostics if "lost in transport" in d["_message"]]
+        assert len(client.results) > answered_mid_stream  # answered for the whole stream
+        assert node.running, node.log()
+
+
+def test_a_lossy_best_effort_camera_raises_the_transport_loss_warning(tmp_path):
+    node, client, domain, ns = _start(tmp_path, "lossy_camera")
+    with node, client:
+        assert node.wait_for_log("ready:", 120), node.log()
+        camera = _camera(f"{ns}/camera/image", "best_effort", 10 * RATE_HZ, domain)
+        try:
+            warned = client.wait_for(lambda: [d for d in client.diagnostics if "lost in transport" in d["_message"]],
+                                     40)
+        finally:
+            camera.kill()
+        assert warned, f"no transport-loss warning; last diagnostics {client.diagnostics[-1:]}\n{node.log()}"
+        diagnostics = warned[-1]
+        assert diagnostics["_level"] == 1  # WARN
+        assert float(diagnostics["transport_loss"]) > 0.05 and int(diagnostics["frames_lost"]) > 0
+        assert "image: best effort" in diagnostics["image_qos"]
+        log = node.log()
+        assert "Fast DDS profile" in log and "publish reliably" in log  # the cause and both fixes, once
+        assert node.running, log
