@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup build test demo infer-demo clean
+.PHONY: setup build lint test demo infer-demo clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,10 @@ $(STAMP): requirements.txt requirements-ros.txt requirements-dev.txt
 build: setup
 	bash scripts/build_ros.sh
 
-test: build
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: build lint
 	bash scripts/with_ros.sh $(PY) -m pytest -q $(PYTEST_ARGS) test
 
 demo: build
