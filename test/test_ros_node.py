@@ -410,3 +410,17 @@ def test_client_publish_prompt_then_next_result(grounding, coffee):
     assert result is not None, node.log()
     assert result.header == header and [m.prompt for m in result.maps] == ["hold", "drink with"]
     assert client.get_parameters("prompts") == {"prompts": "hold; drink with"}
+
+
+def test_client_records_only_the_outputs_asked_for(grounding, coffee):
+    node, client = grounding
+    with pytest.raises(ValueError, match="unknown outputs"):
+        support.namespaced_client(client.namespace, client.context.get_domain_id(), outputs=("result", "overlays"))
+    planner = support.namespaced_client(client.namespace, client.context.get_domain_id(), outputs=("result",),
+                                        node_name="planner")
+    try:
+        assert client.stream_until(lambda: len(planner.results) >= 2, coffee, timeout=30.0), node.log()
+        assert client.wait_for(lambda: client.overlays, 5.0)  # the node draws overlays for the other client
+        assert not planner.overlays and not planner.heatmaps
+    finally:
+        planner.close()

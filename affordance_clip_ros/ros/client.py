@@ -3,9 +3,9 @@ set the prompts, receive the results, change parameters, and (without a camera) 
 
     from affordance_clip_ros.ros.client import GroundingClient
 
-    with GroundingClient() as client:               # the node launched in the root namespace
+    with GroundingClient(outputs=("result",)) as client:  # the node launched in the root namespace
         client.publish_prompt("cut with; hold")
-        result = client.next_result(timeout=10.0)   # affordance_clip_ros/msg/AffordanceResult
+        result = client.next_result(timeout=10.0)        # affordance_clip_ros/msg/AffordanceResult
         for m in result.maps:
             print(m.prompt, [(p.u, p.v, p.score) for p in m.peaks])
 
@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import rclpy
@@ -47,6 +47,7 @@ from .conversions import numpy_to_image
 from .grounding_node import NODE_NAME, QUERY_TOPIC
 
 PACKAGE = "affordance_clip_ros"
+OUTPUTS = ("result", "heatmap", "overlay", "contact_point", "markers")  # the node's ~/ topics
 
 
 def fastdds_profile_path() -> Path:
@@ -77,15 +78,20 @@ class GroundingClient:
     ``domain_id``: the ROS domain (None: ``ROS_DOMAIN_ID`` or 0). ``query_topic``, ``image_topic``,
     ``depth_topic``, ``camera_info_topic``: where prompts and camera data are published (the
     node's defaults, as the launch file remaps them). ``image_reliability``: QoS of the camera
-    publishers. Recorded lists are appended to from a background thread; read them through
-    :meth:`wait_for` or under :attr:`lock`.
+    publishers. ``outputs``: the node's outputs to subscribe to and record (the node draws
+    ``overlay`` only while someone subscribes: leave it out to spare that work). Recorded lists
+    are appended to from a background thread; read them through :meth:`wait_for` or under
+    :attr:`lock`.
     """
 
     def __init__(self, namespace: str = "", domain_id: int | None = None, *, query_topic: str = QUERY_TOPIC,
                  image_topic: str = "/camera/color/image_raw",
                  depth_topic: str = "/camera/aligned_depth_to_color/image_raw",
                  camera_info_topic: str = "/camera/color/camera_info",
-                 image_reliability=ReliabilityPolicy.RELIABLE, node_name: str | None = None):
+                 image_reliability=ReliabilityPolicy.RELIABLE, node_name: str | None = None,
+                 outputs: Iterable[str] = OUTPUTS):
+        if unknown := set(outputs) - set(OUTPUTS):
+            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
         self.namespace = namespace.rstrip("/")
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
@@ -111,9 +117,11 @@ class GroundingClient:
             String, self.query_topic,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         out_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        for name, msg_type, store in (("result", AffordanceResult, self.results), ("heatmap", Image, self.heatmaps),
-                                      ("overlay", Image, self.overlays), ("contact_point", PointStamped, self.contacts),
-                                      ("markers", MarkerArray, self.markers)):
+        recorded = {"result": (AffordanceResult, self.results), "heatmap": (Image, self.heatmaps),
+                    "overlay": (Image, self.overlays), "contact_point": (PointStamped, self.contacts),
+                    "markers": (MarkerArray, self.markers)}
+        for name in outputs:
+            msg_type, store = recorded[name]
             self.node.create_subscription(msg_type, f"{self.output_prefix}/{name}", self._recorder(store), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.parameters = AsyncParameterClient(self.node, f"{self.output_prefix}")
