@@ -20,7 +20,7 @@ TESTS ?= test
 # scripts/build_ros.sh and scripts/with_ros.sh pick the tree of this distribution.
 export ROS_DISTRO VENV
 
-.PHONY: setup build test demo infer-demo clean
+.PHONY: setup build lint test demo infer-demo clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,10 @@ $(STAMP): $(LOCK)
 build: setup
 	bash scripts/build_ros.sh
 
-test: build
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: build lint
 	bash scripts/with_ros.sh $(PY) -m pytest -q $(PYTEST_ARGS) $(TESTS)
 
 demo: build

@@ -21,13 +21,15 @@ import numpy as np
 import skimage.data
 import torch
 
+from .cli_common import add_model_arguments
 from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, pixel_text_logits
-from .model.grounder import BACKENDS, _onnxruntime_available, resolve_device
+from .model.fidelity import FIDELITY_PROMPTS, min_correlation
+from .model.grounder import onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
 
 log = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
-# Figures every run writes (the README documents them). At 416, plus "<name>_<size>" for each size
+# Figures every run writes (docs/performance.md documents them). At 416, plus "<name>_<size>" for each size
 # of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add peak_gpu_mb, the same fast-path figures
 # with cuda_ in place of cpu_ (the default fp32 path against naive fp32; torch_fp16_*, and
 # torch_compiled_* / torch_compiled_fp32_* with CUDA graphs) and "<name>_fp16" for each figure of
@@ -146,7 +148,7 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
         for size in sizes:
             grounder = reused.pop(size, None) or build_grounder(clip_model, device, precision, size, backend=backend)
             start = time.perf_counter()
-            if grounder._embedder is None:
+            if not grounder.prepared:
                 grounder.prepare()
             build_s = time.perf_counter() - start
             figures = time_grounder(grounder, image, prompts16, repeats, warmup)
@@ -201,7 +203,7 @@ def time_grounder(grounder: AffordanceGrounder, image: np.ndarray, prompts16: li
     pixels = torch.randn(1, 3, size, size, device=grounder.device).contiguous(memory_format=torch.channels_last)
     text1 = grounder.text_embeddings(["cut with"])
     grounder.text_embeddings(prompts16)  # cached, as in the node
-    with torch.inference_mode(), grounder._autocast():
+    with torch.inference_mode(), grounder.autocast():
         features = grounder.clip.image_features(pixels)
         model = interleaved_medians({
             "backbone_ms": lambda: grounder.clip.image_features(pixels),
@@ -219,12 +221,7 @@ def time_grounder(grounder: AffordanceGrounder, image: np.ndarray, prompts16: li
 
 def describe_backend(grounder: AffordanceGrounder) -> str:
     """'torch-fp32', 'torch-fp16', 'onnxruntime-int8', ... : what actually runs the image path."""
-    embedder = grounder._embedder
-    precision = getattr(embedder, "precision", None)
-    if precision is None:
-        precision = str(grounder.dtype).replace("torch.float", "fp").replace("torch.bfloat", "bf") \
-            if grounder.dtype is not None else "fp32"
-    return f"{grounder.backend}-{precision}"
+    return f"{grounder.backend}-{grounder.image_path_precision}"
 
 
 def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend: str = "auto",
@@ -239,7 +236,7 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
     # the torch precision that the default path does not use (CPU: fp32; CUDA: fp16 autocast)
     other = "fp32" if on_cpu else "fp16"
     alternatives = {f"torch_{other}": dict(backend="torch", precision=other)}
-    if on_cpu and _onnxruntime_available():
+    if on_cpu and onnxruntime_available():
         alternatives["ort_fp32"] = dict(backend="onnxruntime", precision="fp32")
         if extra_paths:  # int8 with the grounder's own fidelity gate
             alternatives["ort_int8"] = dict(backend="onnxruntime", precision="int8")
@@ -276,19 +273,16 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
         results[f"{name}_corr"] = fidelity(grounder, naive, autocast_image_path(variant))
         results[f"{name}_build_s"] = build_s[name]
     if "ort_int8" in variants:
-        results["ort_int8_kept"] = variants["ort_int8"]._embedder.precision == "int8"  # False: refused by its gate
+        results["ort_int8_kept"] = variants["ort_int8"].image_path_precision == "int8"  # False: refused by its gate
     return results, grounder
 
 
 def autocast_image_path(grounder: AffordanceGrounder) -> Callable[[torch.Tensor], torch.Tensor]:
     """The grounder's image path under its own autocast, as heatmap_tensors runs it."""
     def embed(pixels: torch.Tensor) -> torch.Tensor:
-        with grounder._autocast():
+        with grounder.autocast():
             return grounder.pixel_embeddings(pixels)
     return embed
-
-
-FIDELITY_PROMPTS = ("hold", "cut with", "drink with", "pour")
 
 
 @torch.inference_mode()
@@ -296,15 +290,14 @@ def fidelity(grounder: AffordanceGrounder, naive: Callable, embed: Callable) -> 
     """Min Pearson correlation, over the scikit-image photos and a few prompts, between the
     probability maps (image resolution) of ``embed`` and of the naive fp32 forward."""
     text = grounder.text_embeddings(FIDELITY_PROMPTS)
-    worst = 1.0
-    for name in PHOTOS:
+
+    def maps(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         photo = torch.from_numpy(getattr(skimage.data, name)()).to(grounder.device)
         pixels, [box] = letterbox_batch([photo], 416)
-        reference = grounder._probabilities(unletterbox(naive(pixels, text)[0].float(), box))
-        candidate = grounder._probabilities(unletterbox(pixel_text_logits(embed(pixels), text)[0].float(), box))
-        for a, b in zip(reference.flatten(1).cpu().numpy(), candidate.flatten(1).cpu().numpy()):
-            worst = min(worst, float(np.corrcoef(a, b)[0, 1]))
-    return worst
+        reference = grounder.probabilities(unletterbox(naive(pixels, text)[0].float(), box))
+        candidate = grounder.probabilities(unletterbox(pixel_text_logits(embed(pixels), text)[0].float(), box))
+        return reference, candidate
+    return min_correlation(maps(name) for name in PHOTOS)
 
 
 def print_table(results: dict) -> None:
@@ -332,10 +325,7 @@ def register(subparsers) -> None:
         description="Time the image path, the head, whole-image inference for 1 and 16 prompts and, on CPU, the "
                     "default path against a naive fp32 torch forward (speed and heatmap correlation). Random "
                     "weights; ratios come from one run, timed round-robin.")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="image-path backend of the grounders timed (default: what the grounder picks)")
-    parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
+    add_model_arguments(parser, names=("clip_model", "device", "backend"), templates=False)
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 416, 640], help="model input sizes")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")

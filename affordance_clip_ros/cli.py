@@ -11,7 +11,7 @@ from .model import CheckpointError, WeightsNotFoundError
 # Each module defines register(subparsers), which adds its subcommand with func=run(args) -> int.
 COMMAND_MODULES = (
     "affordance_clip_ros.infer",
-    "affordance_clip_ros.params",
+    "affordance_clip_ros.param_count",
     "affordance_clip_ros.training.command",
     "affordance_clip_ros.evaluation.command",
     "affordance_clip_ros.benchmark",

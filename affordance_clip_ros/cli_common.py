@@ -1,41 +1,44 @@
-"""Command-line options shared by the subcommands that build a grounder."""
+"""Command-line options shared by the subcommands that build a grounder, generated from the
+node's parameter table (``parameter_table``): same names, defaults, choices and descriptions."""
 from __future__ import annotations
 
 import argparse
 
 from .model import AffordanceGrounder, GrounderConfig
-from .model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS
+from .parameter_table import SPECS
+
+MODEL_OPTIONS = ("clip_model", "clip_pretrained", "fpn_checkpoint", "device", "precision", "backend", "compile",
+                 "input_size")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
-    """--clip-model, --clip-pretrained, --fpn-checkpoint, --device, --precision (default ``precision``),
-    --backend, --compile, --input-size, --template."""
+def add_parameter_arguments(parser, names: tuple[str, ...], defaults: dict | None = None) -> None:
+    """One option per parameter in ``names`` (``--clip-model`` for clip_model, ...) with the table's
+    type, choices, description and default (or the one in ``defaults``; "" becomes None)."""
+    for name in names:
+        spec = SPECS[name]
+        default = (defaults or {}).get(name, spec.default)
+        kwargs = dict(default=default if default != "" else None, type=type(spec.default),
+                      help=f"{spec.description} (default: {default if default != '' else 'none'})")
+        if spec.choices:
+            kwargs["choices"] = spec.choices
+        parser.add_argument(spec.flag, **kwargs)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto",
+                        names: tuple[str, ...] = MODEL_OPTIONS, templates: bool = True) -> None:
+    """The model options in ``names`` (``precision``: the default of --precision) and ``--template``."""
     group = parser.add_argument_group("model")
-    group.add_argument("--clip-model", default="RN101", help="open_clip ResNet model name (default: RN101)")
-    group.add_argument("--clip-pretrained", default="openai",
-                       help="CLIP weights: an open_clip tag (openai), a local file path, or 'none' for random "
-                            "weights (tests and benchmarks only)")
-    group.add_argument("--fpn-checkpoint", default=None,
-                       help="trained FPN (.safetensors); without it the training-free dense CLIP head is used")
-    group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    group.add_argument("--precision", default=precision, choices=PRECISIONS,
-                       help="torch: autocast precision, auto = fp32 (on CUDA fp16 under --compile); onnxruntime: "
-                            "auto = int8 (quantised once per weights and cached) when its heatmaps stay faithful "
-                            f"to fp32 (Pearson >= 0.99), else fp32 (default: {precision})")
-    group.add_argument("--backend", default="auto", choices=BACKENDS,
-                       help="image path: auto = onnxruntime on CPU (about 2x faster), torch on CUDA")
-    group.add_argument("--compile", default="off", choices=COMPILE_MODES,
-                       help="torch.compile the torch image path (reduce-overhead and max-autotune add CUDA graphs on CUDA); compiled "
-                            "once at start-up")
-    group.add_argument("--input-size", type=int, default=416, help="square model input in pixels (multiple of 32)")
-    group.add_argument("--template", action="append", dest="templates", default=None,
-                       help="prompt template with one '{}' (repeat to average several); default: the bare phrase")
+    add_parameter_arguments(group, names, {"precision": precision})
+    if templates:
+        group.add_argument("--template", action="append", dest="templates", default=None,
+                           help=f"{SPECS['prompt_templates'].description} (repeat to average several)")
 
 
 def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
     kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                   fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,
-                  input_size=args.input_size, backend=getattr(args, "backend", "auto"), compile=getattr(args, "compile", "off"))
+                  input_size=args.input_size, backend=getattr(args, "backend", "auto"),
+                  compile=getattr(args, "compile", "off"))
     if args.templates:
         kwargs["prompt_templates"] = tuple(args.templates)
     kwargs.update(overrides)

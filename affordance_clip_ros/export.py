@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_common import add_model_arguments
 from .model import AffordanceGrounder, GrounderConfig
 from .model.clip_backbone import CLIP_MEAN, CLIP_STD
 from .model.letterbox import letterbox_batch
@@ -124,15 +125,11 @@ def register(subparsers) -> None:
         "export", help="export the image path (CLIP + FPN or training-free head) to ONNX",
         description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
-    parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model name (default: RN101)")
-    parser.add_argument("--clip-pretrained", default="openai",
-                        help="CLIP weights: an open_clip tag (openai), a local file, or 'none' (random, tests only)")
-    parser.add_argument("--fpn-checkpoint", default=None,
-                        help="trained FPN (.safetensors); without it the training-free dense head is exported")
-    parser.add_argument("--input-size", type=int, default=416,
-                        help="traced input size, a multiple of 32 (the only size accepted with --static)")
+    add_model_arguments(parser, names=("clip_model", "clip_pretrained", "fpn_checkpoint", "input_size"),
+                        templates=False)
     parser.add_argument("--static", action="store_true",
-                        help="fixed batch 1 x input size instead of dynamic batch, height and width")
+                        help="fixed batch 1 x --input-size (the traced size) instead of dynamic batch, height "
+                             "and width")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help=f"largest accepted max|onnxruntime - torch| / max|torch| (default {DEFAULT_TOLERANCE:g})")
     parser.set_defaults(func=run)

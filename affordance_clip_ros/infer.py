@@ -12,9 +12,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cli_common import add_model_arguments, grounder_from_args
-from .image_files import read_rgb
+from .cli_common import add_model_arguments, add_parameter_arguments, grounder_from_args
+from .io import read_rgb
 from .model import AffordanceGrounder
+from .parameter_table import SPECS
 from .visualization import colorize, draw_overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -79,9 +80,8 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", "-p", action="append", dest="prompts", required=True,
                         help="action phrase, e.g. 'cut with' (repeat for several)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
-    parser.add_argument("--num-peaks", type=int, default=5, help="peaks per map (default 5)")
-    parser.add_argument("--peak-threshold", type=float, default=0.3, help="minimum peak value in [0, 1]")
-    parser.add_argument("--peak-min-distance", type=int, default=20, help="minimum pixels between peaks")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay")
+    add_parameter_arguments(parser, ("num_peaks", "peak_threshold", "peak_min_distance"))
+    parser.add_argument("--alpha", type=float, default=SPECS["overlay_alpha"].default,
+                        help=SPECS["overlay_alpha"].description)
     add_model_arguments(parser)
     parser.set_defaults(func=run)

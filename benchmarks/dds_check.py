@@ -36,6 +36,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
+from affordance_clip_ros.ros.client import fastdds_profile_path
 from affordance_clip_ros.ros.compat import PROFILE_VARIABLES, fastdds_profile_variable
 from affordance_clip_ros.ros.conversions import numpy_to_image
 
@@ -136,16 +137,11 @@ def run_count(args: argparse.Namespace) -> int:
     return 0
 
 
-def _profile_path() -> str:
-    from affordance_clip_ros.ros.harness import installed_share
-    return str(installed_share() / "config" / "fastdds_profile.xml")
-
-
 def _environment(domain_id: int, profile: bool, builtin_transports: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PROFILE_VARIABLES}
     env["ROS_DOMAIN_ID"] = str(domain_id)
     if profile:
-        env[fastdds_profile_variable()] = _profile_path()
+        env[fastdds_profile_variable()] = str(fastdds_profile_path())
     if builtin_transports:
         env["FASTDDS_BUILTIN_TRANSPORTS"] = builtin_transports
     return env

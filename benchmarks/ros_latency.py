@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -41,11 +42,14 @@ from std_msgs.msg import Header
 
 from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
 from affordance_clip_ros.msg import AffordanceResult
-from affordance_clip_ros.ros import harness
+from affordance_clip_ros.ros.client import GroundingClient, use_fastdds_profile_here
 from affordance_clip_ros.ros.conversions import numpy_to_image, rgb_from_image
 from affordance_clip_ros.ros.inference import predict_any_size
 from affordance_clip_ros.ros.messages import heatmap_image, result_message
 from affordance_clip_ros.visualization import draw_overlay
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+import support  # test/support/: the node as a subprocess, domain ids, the Motorcycle RGB-D frame
 
 RESOLUTIONS = ((640, 480), (1280, 720))
 PROMPT = "drink with"
@@ -90,7 +94,7 @@ def in_process_costs(grounder: AffordanceGrounder, rgb: np.ndarray, repeats: int
     }
 
 
-def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, timeout: float) -> dict:
+def node_latency(client: GroundingClient, rgb: np.ndarray, frames: int, timeout: float) -> dict:
     """Publish one frame, wait for its result; ``frames`` times after a warm-up."""
     if not client.stream_until(lambda: len(client.results) >= 2, rgb, timeout=timeout):
         raise TimeoutError("the node never answered at this resolution")
@@ -101,7 +105,7 @@ def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, 
         start = time.perf_counter()
         client.publish_image(rgb, header)
         result: AffordanceResult | None = client.wait_for(
-            lambda: next((r for r in client.results if r.header.stamp == header.stamp), None), timeout)
+            lambda header=header: next((r for r in client.results if r.header.stamp == header.stamp), None), timeout)
         if result is None:
             raise TimeoutError("no result for a published frame")
         e2e.append((time.perf_counter() - start) * 1e3)
@@ -110,7 +114,7 @@ def node_latency(client: harness.GroundingClient, rgb: np.ndarray, frames: int, 
     return {"e2e_ms": e2e_ms, "e2e_max_ms": max(e2e), "model_ms": model_ms, "ros_overhead_ratio": e2e_ms / model_ms}
 
 
-def node_throughput(client: harness.GroundingClient, rgb: np.ndarray, seconds: float, rate_hz: float = 100.0
+def node_throughput(client: GroundingClient, rgb: np.ndarray, seconds: float, rate_hz: float = 100.0
                     ) -> dict:
     """For frames published at ``rate_hz`` for ``seconds``: results per second (``e2e_fps``) and
     the latency of the frames answered, publish to result (``loaded_e2e_ms`` median, p95, max)."""
@@ -154,7 +158,7 @@ def main() -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    harness.use_fastdds_profile_here()  # the launch file gives the node the same profile
+    use_fastdds_profile_here()  # the launch file gives the node the same profile
     model = {"clip_model": args.clip_model, "clip_pretrained": "none", "device": args.device, "backend": args.backend,
              "compile": args.compile}
     params = {**model, "prompts": PROMPT, "image_qos": "reliable", "publish_overlay": True}
@@ -162,12 +166,12 @@ def main() -> int:
     results: dict = {"clip_model": args.clip_model, "device": str(grounder.device), "backend": args.backend,
                      "compile": args.compile, "frames": args.frames, "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
                      "grounder_backend": grounder.backend}
-    domain = harness.free_domain_id(salt=11)
+    domain = support.free_domain_id(salt=11)
     ns = f"/latency{os.getpid()}"
-    remaps = {"image": f"{ns}/camera/image", "/affordance/query": f"{ns}/affordance/query"}
+    remaps = support.namespaced_remappings(ns)
     start = time.monotonic()
-    with harness.NodeProcess(params, namespace=ns, remappings=remaps, env=harness.ros_env(domain)) as node, \
-            harness.GroundingClient(ns, domain) as client:
+    with support.NodeProcess(params, namespace=ns, remappings=remaps, env=support.ros_env(domain)) as node, \
+            support.namespaced_client(ns, domain) as client:
         if not node.wait_for_log("ready", args.timeout):
             raise SystemExit(f"node not ready after {args.timeout} s; its log:\n{node.log()}")
         results["node_startup_s"] = time.monotonic() - start

@@ -29,7 +29,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pretrained = args.clip_pretrained or ("openai" if cached_weights_file("RN101", "openai") else "none")
     if pretrained == "none":
-        log.warning("No OpenAI RN101 weights in the cache: running with RANDOM weights. See the README, "
+        log.warning("No OpenAI RN101 weights in the cache: running with RANDOM weights. See docs/install.md, "
                     "'CLIP weights', to get real heatmaps.")
     out = Path(args.out)
     inputs = out / "inputs"

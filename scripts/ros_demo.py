@@ -31,9 +31,12 @@ import skimage.data
 from sensor_msgs.msg import CameraInfo
 
 from affordance_clip_ros.model.weights import cached_weights_file
-from affordance_clip_ros.ros import harness
+from affordance_clip_ros.ros.client import use_fastdds_profile_here
 from affordance_clip_ros.ros.conversions import image_to_numpy
 from affordance_clip_ros.ros.frames import stamp_ns
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+import support  # test/support/: the node as a subprocess, domain ids, the Motorcycle RGB-D frame
 
 BANNER = """
 #############################################################################################
@@ -41,7 +44,7 @@ BANNER = """
 #  (clip_pretrained:=none). Every topic, message and file is produced, but the heatmaps     #
 #  are meaningless. For real maps put the weights in the cache or pass a file:              #
 #      scripts/ros_demo.py --clip-pretrained /path/to/open_clip_model.safetensors            #
-#  (README, "CLIP weights").                                                                #
+#  (docs/install.md, "CLIP weights").                                                      #
 #############################################################################################
 """
 
@@ -61,14 +64,16 @@ def run_scene(client, name: str, rgb: np.ndarray, prompts: str, frames: int, out
     for _ in range(frames):
         client.clear()
         header = client.publish_frame(rgb, depth, info, frame_id=f"{name}_optical")
-        got = client.wait_for(lambda: [r for r in client.results if r.header.stamp == header.stamp], timeout)
+        got = client.wait_for(lambda header=header: [r for r in client.results if r.header.stamp == header.stamp],
+                              timeout)
         if not got:
             raise TimeoutError(f"{name}: frame not answered within {timeout:.0f} s")
         received = time.time_ns()
         result = got[0]
         latencies.append((received - stamp_ns(header.stamp)) / 1e6)
         inference.append(result.inference_ms)
-        overlay = client.wait_for(lambda: [o for o in client.overlays if o.header.stamp == header.stamp], 5.0)
+        overlay = client.wait_for(
+            lambda header=header: [o for o in client.overlays if o.header.stamp == header.stamp], 5.0)
     cv2.imwrite(str(out / f"{name}_overlay.png"), image_to_numpy(overlay[0]))
     summary = {
         "image": f"{rgb.shape[1]}x{rgb.shape[0]}", "frames": frames,
@@ -101,24 +106,23 @@ def main() -> int:
     out = Path(args.out) / "ros"
     out.mkdir(parents=True, exist_ok=True)
 
-    harness.use_fastdds_profile_here()  # the camera side too (as a driver launched with it would)
-    domain, namespace = harness.free_domain_id(11), f"/ros_demo_{os.getpid()}"
-    remaps = {"image": f"{namespace}/camera/image", "depth": f"{namespace}/camera/depth",
-              "camera_info": f"{namespace}/camera/camera_info", "/affordance/query": f"{namespace}/affordance/query"}
+    use_fastdds_profile_here()  # the camera side too (as a driver launched with it would)
+    domain, namespace = support.free_domain_id(11), f"/ros_demo_{os.getpid()}"
+    remaps = support.namespaced_remappings(namespace)
     parameters = {"clip_model": args.clip_model, "clip_pretrained": pretrained, "use_depth": True,
                   "image_qos": "auto", "max_depth_age": 0.05}
     start = time.monotonic()
     print(f"starting grounding_node (CLIP {args.clip_model}, weights '{pretrained}') in {namespace} ...")
-    node = harness.NodeProcess(parameters, namespace=namespace, remappings=remaps, env=harness.ros_env(domain),
-                               params_file=harness.installed_share() / "config" / "grounding.yaml",
+    node = support.NodeProcess(parameters, namespace=namespace, remappings=remaps, env=support.ros_env(domain),
+                               params_file=support.installed_share() / "config" / "grounding.yaml",
                                log_path=out / "node.log").start()
-    client = harness.GroundingClient(namespace, domain)
+    client = support.namespaced_client(namespace, domain)
     try:
         if not node.wait_for_log("ready:", args.timeout) or not node.running():
             print(f"the node did not start; its log ({out / 'node.log'}):\n{node.log()}", file=sys.stderr)
             return 1
         print(f"node ready after {time.monotonic() - start:.0f} s")
-        left, depth, info = harness.motorcycle_rgbd()
+        left, depth, info = support.motorcycle_rgbd()
         scenes = {
             "coffee": run_scene(client, "coffee", skimage.data.coffee(), "drink with; hold", args.frames, out,
                                 args.timeout),

@@ -229,7 +229,8 @@ def test_evaluate_levels_is_checked_against_the_checkpoint(agd20k, tmp_path, tin
         "an FPN fusing 1 level(s); Table 1's fuses 3 (Table 3 ablates fewer)",
         "random CLIP weights (--clip-pretrained none): the numbers only test the pipeline",
         "clip_model RN-tiny, the paper's is RN101", "input_size 128, the paper's is 416"]
-    assert [r["key"] for r in results["per_image"]] == ["cut_with/knife/knife_000000.jpg", "hold/knife/knife_000005.jpg"]
+    assert [r["key"] for r in results["per_image"]] == ["cut_with/knife/knife_000000.jpg",
+                                                        "hold/knife/knife_000005.jpg"]
     report = (out / "report.md").read_text()
     assert "| **this run, 1** |" in report and not (out / "qualitative.png").exists()
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from affordance_clip_ros.model import (AffordanceFPN, AffordanceGrounder, CheckpointError, FPNConfig, FrozenCLIP,
                                        GrounderConfig, WeightsNotFoundError, count_trainable_parameters, find_peaks,
                                        load_fpn, save_fpn)
-from affordance_clip_ros.model.checkpoint import written_atomically
+from affordance_clip_ros.io import written_atomically
 from affordance_clip_ros.model.letterbox import Letterbox, letterbox_batch, unletterbox
 
 from conftest import TINY

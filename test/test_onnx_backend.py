@@ -49,7 +49,7 @@ def test_auto_backend_is_onnxruntime_on_cpu_and_torch_elsewhere():
 
 
 def test_auto_precision_is_fp16_on_cuda_only_under_compile():
-    """Measured on an H200 (README, Performance): eager fp16 autocast was slower than fp32 at batch 1,
+    """Measured on an H200 (docs/performance.md): eager fp16 autocast was slower than fp32 at batch 1,
     compiled with CUDA graphs it was faster."""
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert autocast_dtype("auto", cuda) is None

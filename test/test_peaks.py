@@ -14,7 +14,8 @@ from affordance_clip_ros.model import find_peaks
 
 def test_two_blobs_give_two_ranked_peaks():
     yy, xx = np.mgrid[0:100, 0:200]
-    heat = 0.9 * np.exp(-((xx - 50) ** 2 + (yy - 40) ** 2) / 50.0) + 0.6 * np.exp(-((xx - 150) ** 2 + (yy - 70) ** 2) / 50.0)
+    heat = (0.9 * np.exp(-((xx - 50) ** 2 + (yy - 40) ** 2) / 50.0)
+            + 0.6 * np.exp(-((xx - 150) ** 2 + (yy - 70) ** 2) / 50.0))
     peaks = find_peaks(heat.astype(np.float32), num_peaks=5, threshold=0.3, min_distance=10)
     assert [(p.u, p.v) for p in peaks] == [(50, 40), (150, 70)]
     assert peaks[0].score == pytest.approx(0.9, abs=1e-6)

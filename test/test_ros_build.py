@@ -41,19 +41,19 @@ if _installed_prefix() is None:
     pytest.fail(f"{PKG} is not installed on AMENT_PREFIX_PATH: run `make build`, then the tests "
                 "through scripts/with_ros.sh", pytrace=False)
 
-import rclpy  # noqa: E402
-from geometry_msgs.msg import Point  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+import rclpy
+from geometry_msgs.msg import Point
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
-import affordance_clip_ros  # noqa: E402
-from affordance_clip_ros import msg as pkg_msg  # noqa: E402
-from affordance_clip_ros.msg import AffordanceMap, AffordanceResult, ContactPoint  # noqa: E402
+import affordance_clip_ros
+from affordance_clip_ros import msg as pkg_msg
+from affordance_clip_ros.msg import AffordanceMap, AffordanceResult, ContactPoint
 
-# DESIGN.md section 3, in declaration order, as rosidl names the types.
+# The messages of docs/ros.md, in declaration order, as rosidl names the types.
 EXPECTED_FIELDS = {
     ContactPoint: {"u": "float", "v": "float", "score": "float", "has_point": "boolean",
                    "point": "geometry_msgs/Point"},
@@ -104,7 +104,7 @@ def test_install_is_a_current_copy_of_the_sources():
         "the installed __init__.py is not ours (rosidl's empty one won?)"
     newer = [str(r) for p, r in zip(files, rel) if p.stat().st_mtime > built_at]
     if newer:
-        warnings.warn(f"changed since the last build, not checked (run make build): {newer}")
+        warnings.warn(f"changed since the last build, not checked (run make build): {newer}", stacklevel=2)
     checked = [r for p, r in zip(files, rel) if p.stat().st_mtime <= built_at]
     missing = [str(r) for r in checked if not (pkg_dir / r).is_file()]
     assert not missing, f"not installed: {missing}"

@@ -16,12 +16,12 @@ import skimage.data
 
 pytest.importorskip("sensor_msgs.msg", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
-from affordance_clip_ros.ros.conversions import (ENCODINGS, ImageConversionError, image_to_numpy,  # noqa: E402
+from affordance_clip_ros.ros.conversions import (ENCODINGS, ImageConversionError, image_to_numpy,
                                                  numpy_to_image, rgb_from_compressed, rgb_from_image,
                                                  rgb_from_message)
 

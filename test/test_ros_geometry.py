@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("sensor_msgs.msg", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-import skimage.data  # noqa: E402
-from sensor_msgs.msg import CameraInfo  # noqa: E402
+import skimage.data
+from sensor_msgs.msg import CameraInfo
 
-from affordance_clip_ros.ros.geometry import (DepthError, Deprojector, Intrinsics, check_frame,  # noqa: E402
+from affordance_clip_ros.ros.geometry import (DepthError, Deprojector, Intrinsics, check_frame,
                                               depth_to_metres, deproject_pixels, window_median)
 
 # Middlebury 2014 "Motorcycle" calibration, at the 1/4 scale scikit-image ships.

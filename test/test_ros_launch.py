@@ -1,5 +1,5 @@
 """The launch file, parameter YAML, Fast DDS profile and RViz config, checked without launch_ros
-(not installable here, DESIGN.md section 5): the launch file is parsed (ast) and also run against
+(launch_ros is not in the PyPI-wheel ROS environment): the launch file is parsed (ast) and also run against
 recording stand-ins for the launch / launch_ros classes; every file it names must be installed.
 
     make build && bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_launch.py
@@ -7,6 +7,7 @@ recording stand-ins for the launch / launch_ros classes; every file it names mus
 from __future__ import annotations
 
 import ast
+import dataclasses
 import filecmp
 import os
 import sys
@@ -19,7 +20,8 @@ import yaml
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-from affordance_clip_ros.ros import grounding_node, params  # noqa: E402
+from affordance_clip_ros.ros import grounding_node
+from affordance_clip_ros.ros import node_parameters as params
 
 PKG = "affordance_clip_ros"
 REPO = Path(__file__).resolve().parents[1]
@@ -187,7 +189,8 @@ def test_parameters_not_given_come_from_the_params_file(launch_file):
 
 
 @pytest.mark.parametrize("choice, already_set, applied", [
-    ("auto", None, True), ("auto", "FASTDDS_DEFAULT_PROFILES_FILE", False), ("auto", "FASTRTPS_DEFAULT_PROFILES_FILE", False),
+    ("auto", None, True), ("auto", "FASTDDS_DEFAULT_PROFILES_FILE", False),
+    ("auto", "FASTRTPS_DEFAULT_PROFILES_FILE", False),
     ("true", "FASTDDS_DEFAULT_PROFILES_FILE", True), ("True", None, True), ("false", None, False)])
 def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choice, already_set, applied):
     environment = {already_set: "/robot/fleet.xml"} if already_set else {}
@@ -197,7 +200,8 @@ def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choi
     assert first == ("SetEnvironmentVariable" if applied else "Node")  # before the node starts
 
 
-@pytest.mark.parametrize("distro, variable", [("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"), ("", "FASTDDS_DEFAULT_PROFILES_FILE"),
+@pytest.mark.parametrize("distro, variable", [("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"),
+                                             ("", "FASTDDS_DEFAULT_PROFILES_FILE"),
                                              ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"),
                                              ("humble", "FASTRTPS_DEFAULT_PROFILES_FILE")])
 def test_fastdds_profile_variable_is_the_one_the_distros_fast_dds_reads(launch_file, distro, variable):
@@ -216,16 +220,31 @@ def test_fastdds_profile_argument_refuses_other_values(launch_file):
 def test_yaml_defaults_equal_the_parameter_table():
     doc = yaml.safe_load((REPO / "config" / "grounding.yaml").read_text())
     values = doc["/**"]["ros__parameters"]
-    assert set(values) == set(params.SPECS)
+    assert set(values) == set(params.SPECS), f"only in the YAML: {set(values) - set(params.SPECS)}, " \
+                                             f"only in the table: {set(params.SPECS) - set(values)}"
     for name, spec in params.SPECS.items():
-        assert values[name] == spec.default and type(values[name]) is type(spec.default), name
+        assert values[name] == spec.default and type(values[name]) is type(spec.default), \
+            f"{name}: YAML {values[name]!r}, table {spec.default!r}"
+
+
+def test_launch_parameter_arguments_match_the_parameter_table(launch_file):
+    for name, kind in launch_file["PARAMETER_ARGUMENTS"].items():
+        assert name in params.SPECS, f"launch argument {name} is not a parameter of the table"
+        assert kind is type(params.SPECS[name].default), \
+            f"launch argument {name}: {kind.__name__}, table {type(params.SPECS[name].default).__name__}"
+
+
+def test_settings_has_one_field_per_table_entry():
+    names = [f.name for f in dataclasses.fields(params.Settings)]
+    assert names == [spec.name for spec in params.PARAMS], \
+        f"only in Settings: {set(names) - set(params.SPECS)}, only in the table: {set(params.SPECS) - set(names)}"
 
 
 def test_parameter_descriptors():
     read_only = {spec.name for spec in params.PARAMS if spec.read_only}
     assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "image_qos", "image_transport"}
     for spec in params.PARAMS:
-        d = spec.descriptor()
+        d = params.descriptor(spec)
         assert d.description and d.name == spec.name
         if spec.range:
             low, high, _ = spec.range

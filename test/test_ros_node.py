@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import time
 
 import numpy as np
@@ -19,41 +20,40 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-import skimage.data  # noqa: E402
-from rclpy.qos import ReliabilityPolicy  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-from visualization_msgs.msg import Marker  # noqa: E402
+import skimage.data
+from rclpy.qos import ReliabilityPolicy
+from std_msgs.msg import String
+from visualization_msgs.msg import Marker
 
-from affordance_clip_ros.ros import harness  # noqa: E402
-from affordance_clip_ros.ros.conversions import image_to_numpy  # noqa: E402
-from affordance_clip_ros.ros.frames import stamp_ns  # noqa: E402
+import support
+from affordance_clip_ros.ros.conversions import image_to_numpy
+from affordance_clip_ros.ros.frames import stamp_ns
 
-if not harness.installed_executable().is_file():
+if not support.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
 # This process talks to the node with the same Fast DDS profile the launch file gives the node.
 # Set at import (collection), before any test creates a participant: Fast DDS reads it once.
-harness.use_fastdds_profile_here()
+support.use_fastdds_profile_here()
 
 TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu"}
-F, CX, CY = harness.MOTORCYCLE_F, harness.MOTORCYCLE_CX, harness.MOTORCYCLE_CY
+F, CX, CY = support.MOTORCYCLE_F, support.MOTORCYCLE_CX, support.MOTORCYCLE_CY
 DEPTH_WINDOW = 5
 
 
 def namespaced_node(tag: str, salt: int, log_path, **overrides):
     """Start the installed node (tiny CLIP, installed params file) and a client in a fresh namespace."""
-    domain = harness.free_domain_id(salt)
+    domain = support.free_domain_id(salt)
     ns = f"/t{os.getpid()}_{tag}"
-    remaps = {"image": f"{ns}/camera/image", "depth": f"{ns}/camera/depth",
-              "camera_info": f"{ns}/camera/camera_info", "/affordance/query": f"{ns}/affordance/query"}
+    remaps = support.namespaced_remappings(ns)
     parameters = dict(TINY, image_qos="auto", **overrides)
-    node = harness.NodeProcess(parameters, namespace=ns, remappings=remaps, env=harness.ros_env(domain),
-                               params_file=harness.installed_share() / "config" / "grounding.yaml",
+    node = support.NodeProcess(parameters, namespace=ns, remappings=remaps, env=support.ros_env(domain),
+                               params_file=support.installed_share() / "config" / "grounding.yaml",
                                log_path=log_path).start()
-    client = harness.GroundingClient(ns, domain)
+    client = support.namespaced_client(ns, domain)
     return node, client
 
 
-def wait_ready(node: harness.NodeProcess, client: harness.GroundingClient, rgb: np.ndarray, timeout: float = 90.0):
+def wait_ready(node: support.NodeProcess, client: support.GroundingClient, rgb: np.ndarray, timeout: float = 90.0):
     """Stream frames until results arrive and the node's image subscription matched our reliable
     publisher (image_qos=auto): discovery is complete from here on."""
     got = client.stream_until(lambda: client.results and client.node_subscription_reliability()
@@ -129,7 +129,7 @@ def test_result_heatmap_overlay_carry_the_input_header(grounding, coffee):
 
 def motorcycle_rgbd(encoding: str):
     """The Motorcycle frame with its depth sent as 16UC1 (mm) or 32FC1 (m), and the metres the node should read."""
-    left, depth, info = harness.motorcycle_rgbd()
+    left, depth, info = support.motorcycle_rgbd()
     if encoding == "16UC1":
         sent = np.nan_to_num(depth * 1000.0, nan=0.0).round().astype(np.uint16)
         metres = np.where(sent > 0, sent / 1000.0, np.nan)
@@ -197,7 +197,7 @@ def test_3d_points_use_the_depth_of_their_own_capture_while_depth_streams_on(gro
     must not replace a frame's own depth: its points come from the depth image with its stamp."""
     node, client = grounding
     client.set_parameters(prompts="ride", num_peaks=3, peak_threshold=0.0)
-    left, _, info = harness.motorcycle_rgbd()
+    left, _, info = support.motorcycle_rgbd()
     own, later = np.full(left.shape[:2], 1.0, np.float32), np.full(left.shape[:2], 2.0, np.float32)
     client.clear()
     depths: list[float] = []
@@ -212,7 +212,7 @@ def test_3d_points_use_the_depth_of_their_own_capture_while_depth_streams_on(gro
             client.publish_depth(later, client.header(stamp_ns=stamp_ns(header.stamp) + k * 1_000_000,
                                                       frame_id="depth_burst"), "32FC1")
             time.sleep(0.005)
-        if found := client.wait_for(lambda: results_for(client, header), 5.0):
+        if found := client.wait_for(lambda header=header: results_for(client, header), 5.0):
             depths += [p.point.z for m in found[0].maps for p in m.peaks if p.has_point]
     assert depths, node.log()
     assert depths == pytest.approx([1.0] * len(depths)), depths
@@ -266,7 +266,7 @@ def prompts_become(client, text: str, timeout: float = 10.0) -> bool:
 def test_clearing_the_prompts_while_frames_stream_fails_nothing_and_clears_the_markers(grounding):
     node, client = grounding
     client.set_parameters(prompts="ride", num_peaks=3, peak_threshold=0.0)
-    left, depth, info = harness.motorcycle_rgbd()
+    left, depth, info = support.motorcycle_rgbd()
     got = stream_and_collect(client, left, "clearing", lambda rs: any(has_markers(ma) for ma in client.markers),
                              depth=(depth, "32FC1"), info=info)
     assert got, node.log()
@@ -395,3 +395,32 @@ def test_diagnostics_at_one_hertz_with_the_required_fields(grounding):
     assert d["device"] == "cpu" and d["model_mode"] == "training-free"
     assert float(d["latency_p95_ms"]) >= float(d["latency_mean_ms"]) * 0.5 > 0
     assert "image: reliable" in d["image_qos"]
+
+
+def test_client_publish_prompt_then_next_result(grounding, coffee):
+    """The public client as a planner uses it: set the prompts, then take the next result."""
+    node, client = grounding
+    client.publish_prompt("hold; drink with")
+    time.sleep(1.0)  # results of frames already in flight arrive first
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(client.next_result, 30.0)
+        time.sleep(0.2)
+        header = client.publish_image(coffee, client.header(frame_id="next_result"))
+        result = future.result()
+    assert result is not None, node.log()
+    assert result.header == header and [m.prompt for m in result.maps] == ["hold", "drink with"]
+    assert client.get_parameters("prompts") == {"prompts": "hold; drink with"}
+
+
+def test_client_records_only_the_outputs_asked_for(grounding, coffee):
+    node, client = grounding
+    with pytest.raises(ValueError, match="unknown outputs"):
+        support.namespaced_client(client.namespace, client.context.get_domain_id(), outputs=("result", "overlays"))
+    planner = support.namespaced_client(client.namespace, client.context.get_domain_id(), outputs=("result",),
+                                        node_name="planner")
+    try:
+        assert client.stream_until(lambda: len(planner.results) >= 2, coffee, timeout=30.0), node.log()
+        assert client.wait_for(lambda: client.overlays, 5.0)  # the node draws overlays for the other client
+        assert not planner.overlays and not planner.heatmaps
+    finally:
+        planner.close()

@@ -20,25 +20,25 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-import cv2  # noqa: E402
-import skimage.data  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from visualization_msgs.msg import Marker  # noqa: E402
+import cv2
+import skimage.data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+from visualization_msgs.msg import Marker
 
-from affordance_clip_ros.model.grounder import AffordancePrediction  # noqa: E402
-from affordance_clip_ros.model.peaks import Peak  # noqa: E402
-from affordance_clip_ros.ros import harness  # noqa: E402
-from affordance_clip_ros.ros.frames import DepthBuffer, Frame, LatestSlot, ThrottledLog  # noqa: E402
-from affordance_clip_ros.ros.messages import marker_array, result_message  # noqa: E402
-from affordance_clip_ros.ros.prompts import MAX_PROMPT_CHARS, MAX_PROMPTS, NewestQueries, parse_prompts  # noqa: E402
+from affordance_clip_ros.model.grounder import AffordancePrediction
+from affordance_clip_ros.model.peaks import Peak
+import support
+from affordance_clip_ros.ros.frames import DepthBuffer, Frame, LatestSlot, ThrottledLog
+from affordance_clip_ros.ros.messages import marker_array, result_message
+from affordance_clip_ros.ros.queries import MAX_PROMPT_CHARS, MAX_PROMPTS, NewestQueries, parse_prompts
 
-if not harness.installed_executable().is_file():
+if not support.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
 # This process talks to the node with the same Fast DDS profile the launch file gives the node.
 # Set at import (collection), before any test creates a participant: Fast DDS reads it once.
-harness.use_fastdds_profile_here()
+support.use_fastdds_profile_here()
 
 TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu"}
 TEXT_CACHE = 32
@@ -194,12 +194,11 @@ def test_markers_delete_all_first_and_skip_peaks_without_3d():
 # --- the running node ------------------------------------------------------------------------
 
 def start_node(tag: str, salt: int, log_path, **overrides):
-    domain = harness.free_domain_id(salt)
+    domain = support.free_domain_id(salt)
     ns = f"/t{os.getpid()}_{tag}"
-    remaps = {"image": f"{ns}/camera/image", "depth": f"{ns}/camera/depth",
-              "camera_info": f"{ns}/camera/camera_info", "/affordance/query": f"{ns}/affordance/query"}
-    node = harness.NodeProcess({**TINY, "image_qos": "auto", **overrides}, namespace=ns, remappings=remaps,
-                               env=harness.ros_env(domain), log_path=log_path).start()
+    remaps = support.namespaced_remappings(ns)
+    node = support.NodeProcess({**TINY, "image_qos": "auto", **overrides}, namespace=ns, remappings=remaps,
+                               env=support.ros_env(domain), log_path=log_path).start()
     return node, domain, ns
 
 
@@ -220,7 +219,7 @@ def robust(coffee, tmp_path_factory):
     node, domain, ns = start_node("robust", salt=2, log_path=tmp_path_factory.mktemp("robust") / "node.log",
                                   use_depth=True, prompts="hold", text_cache_size=TEXT_CACHE,
                                   max_depth_age=0.05)
-    client = harness.GroundingClient(ns, domain)
+    client = support.namespaced_client(ns, domain)
     try:
         wait_answering(node, client, coffee)
         yield node, client
@@ -252,7 +251,7 @@ def has_3d(result) -> bool:
 def test_depth_without_camera_info_gives_no_3d(robust):
     node, client = robust
     assert all(r.successful for r in client.set_parameters(prompts="ride", peak_threshold=0.1, num_peaks=8))
-    left, depth, _ = harness.motorcycle_rgbd()
+    left, depth, _ = support.motorcycle_rgbd()
     before = counters(client)["frames_without_3d"]
     result = one_result(client, left, "no_info", depth=(depth, "32FC1"))
     assert result is not None and not has_3d(result)
@@ -266,7 +265,7 @@ def test_depth_of_another_camera_frame_is_used_with_a_warning(robust):
     """Depth not registered to the colour image (another frame_id) gives wrong points: say so."""
     node, client = robust
     assert all(r.successful for r in client.set_parameters(prompts="ride"))
-    left, depth, info = harness.motorcycle_rgbd()
+    left, depth, info = support.motorcycle_rgbd()
     client.clear()
 
     def publish_capture() -> None:
@@ -293,10 +292,10 @@ def test_diagnostics_warn_when_the_camera_goes_silent(robust):
 
 def test_bad_depth_and_camera_info_give_no_3d_then_recover(robust):
     node, client = robust
-    left, depth, info = harness.motorcycle_rgbd()
+    left, depth, info = support.motorcycle_rgbd()
     h, w = depth.shape
     zero_focal = CameraInfo(width=w, height=h)
-    zero_focal.k = [0.0, 0.0, harness.MOTORCYCLE_CX, 0.0, 0.0, harness.MOTORCYCLE_CY, 0.0, 0.0, 1.0]
+    zero_focal.k = [0.0, 0.0, support.MOTORCYCLE_CX, 0.0, 0.0, support.MOTORCYCLE_CY, 0.0, 0.0, 1.0]
     cases = {
         "nan": (np.full_like(depth, np.nan), "32FC1", info),
         "inf": (np.full_like(depth, np.inf), "32FC1", info),
@@ -358,7 +357,7 @@ def test_compressed_images_on_the_image_transport_topic(coffee, tmp_path):
     and counted, and the node goes on."""
     node, domain, ns = start_node("compressed", salt=5, log_path=tmp_path / "node.log", prompts="hold",
                                   image_transport="compressed")
-    client = harness.GroundingClient(ns, domain)
+    client = support.namespaced_client(ns, domain)
     try:
         publisher = client.node.create_publisher(CompressedImage, f"{client.image_topic}/compressed",
                                                  QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
@@ -418,7 +417,8 @@ def test_8k_frame_is_downscaled_for_inference_with_bounded_memory(robust, coffee
     for i in range(3):
         client.clear()
         header = client.publish_image(big, client.header(frame_id=f"8k_{i}"))
-        assert client.wait_for(lambda: [r for r in client.results if r.header.stamp == header.stamp], 60), node.log()
+        assert client.wait_for(lambda header=header: [r for r in client.results if r.header.stamp == header.stamp],
+                               60), node.log()
         with client.lock:
             result = next(r for r in client.results if r.header.stamp == header.stamp)
         assert (result.maps[0].heatmap.height, result.maps[0].heatmap.width) == (4320, 7680)
@@ -525,7 +525,7 @@ def test_sigint_and_sigterm_stop_the_node_within_2_s_without_traceback(coffee, t
     nodes = {sig: start_node(f"sig{int(sig)}", salt=3 + i, log_path=tmp_path / f"sig{int(sig)}.log", prompts="hold",
                              image_qos=qos[sig][0])
              for i, sig in enumerate(qos)}
-    clients = {sig: harness.GroundingClient(ns, domain, image_reliability=qos[sig][1])
+    clients = {sig: support.namespaced_client(ns, domain, image_reliability=qos[sig][1])
                for sig, (_, domain, ns) in nodes.items()}
     outcome = {}
     try:
@@ -560,10 +560,10 @@ STARTUP_CASES = {
 
 
 def test_startup_errors_name_the_parameter_and_exit_non_zero(tmp_path):
-    env = harness.ros_env(harness.free_domain_id(5), HF_HUB_OFFLINE="1")
+    env = support.ros_env(support.free_domain_id(5), HF_HUB_OFFLINE="1")
     procs = {}
     for name, (overrides, _) in STARTUP_CASES.items():
-        procs[name] = harness.NodeProcess(dict(TINY, **overrides), namespace=f"/t{os.getpid()}_{name}", env=env,
+        procs[name] = support.NodeProcess(dict(TINY, **overrides), namespace=f"/t{os.getpid()}_{name}", env=env,
                                           log_path=tmp_path / f"{name}.log").start()
     for name, proc in procs.items():
         try:
@@ -590,7 +590,7 @@ def test_an_unexpected_error_while_building_the_model_fails_start_up_instead_of_
     from affordance_clip_ros.ros.grounding_node import GroundingNode, StartupError
 
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=harness.free_domain_id(7))
+    rclpy.init(context=context, domain_id=support.free_domain_id(7))
     node = GroundingNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in TINY.items()])
     outcome: list[BaseException | None] = []
     try:
@@ -609,6 +609,6 @@ def test_an_unexpected_error_while_building_the_model_fails_start_up_instead_of_
 def _raised(fn) -> BaseException | None:
     try:
         fn()
-    except BaseException as e:  # noqa: BLE001 - the test inspects it
+    except BaseException as e:  # the test inspects it
         return e
     return None

@@ -17,15 +17,15 @@ import pytest
 
 pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_ros.sh)")
 
-from rclpy.qos import ReliabilityPolicy  # noqa: E402
+from rclpy.qos import ReliabilityPolicy
 
-from affordance_clip_ros.ros import harness  # noqa: E402
-from affordance_clip_ros.ros.compat import PROFILE_VARIABLES  # noqa: E402
-from affordance_clip_ros.ros.frames import LossWindow  # noqa: E402
+import support
+from affordance_clip_ros.ros.compat import PROFILE_VARIABLES
+from affordance_clip_ros.ros.frames import LossWindow
 
-if not harness.installed_executable().is_file():
+if not support.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
-harness.use_fastdds_profile_here()  # this process (the test's client) as the launch file sets up the node
+support.use_fastdds_profile_here()  # this process (the test's client) as the launch file sets up the node
 
 DDS_CHECK = Path(__file__).resolve().parents[1] / "benchmarks" / "dds_check.py"
 TINY = {"clip_model": "RN-tiny", "clip_pretrained": "none", "device": "cpu", "prompts": "hold"}
@@ -44,16 +44,16 @@ def test_loss_window_gives_the_share_lost_over_its_window():
 
 
 def _start(tmp_path, tag: str):
-    domain = harness.free_domain_id(hash(tag) % 50)
+    domain = support.free_domain_id(hash(tag) % 50)
     ns = f"/t{os.getpid()}_{tag}"
-    node = harness.NodeProcess(TINY, namespace=ns, remappings={"image": f"{ns}/camera/image"},
-                               env=harness.ros_env(domain), log_path=tmp_path / f"{tag}.log").start()
-    return node, harness.GroundingClient(ns, domain), domain, ns
+    node = support.NodeProcess(TINY, namespace=ns, remappings={"image": f"{ns}/camera/image"},
+                               env=support.ros_env(domain), log_path=tmp_path / f"{tag}.log").start()
+    return node, support.GroundingClient(ns, domain), domain, ns
 
 
 def _camera(topic: str, reliability: str, frames: int, domain: int) -> subprocess.Popen:
     """A 640x480 rgb8 camera at 30 Hz in its own process, without the package's DDS profile."""
-    env = {k: v for k, v in harness.ros_env(domain, fastdds_profile=False).items() if k not in PROFILE_VARIABLES}
+    env = {k: v for k, v in support.ros_env(domain, fastdds_profile=False).items() if k not in PROFILE_VARIABLES}
     return subprocess.Popen([sys.executable, str(DDS_CHECK), "camera", "--topic", topic, "--reliability", reliability,
                              "--frames", str(frames), "--rate", str(RATE_HZ), "--wait-for-subscriber"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -23,7 +23,8 @@ from affordance_clip_ros.model import AffordanceGrounder, FrozenCLIP, GrounderCo
 from affordance_clip_ros.model.letterbox import Letterbox
 from affordance_clip_ros.training import TrainConfig, build_dataset, load_jsonl, load_refer, train
 from affordance_clip_ros.training.config import RESUME_OVERRIDABLE
-from affordance_clip_ros.training.data import Record, ReferringDataset, ResumableSampler, letterbox_mask
+from affordance_clip_ros.training.data import ReferringDataset, ResumableSampler, letterbox_mask
+from affordance_clip_ros.training.records import Record
 from affordance_clip_ros.training.loss import iou_counts, mask_to_logit_grid, pixel_text_loss
 from affordance_clip_ros.training.distributed import DistContext
 from affordance_clip_ros.training.train import (build_fpn, plan_batches, resume_config, training_dtype,

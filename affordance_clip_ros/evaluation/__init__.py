@@ -4,7 +4,8 @@ Import the loop and report from their modules (:mod:`.evaluate`, :mod:`.report`)
 itself only pulls in numpy and OpenCV.
 """
 from .agd20k import EXPECTED_IMAGES, SPLITS, AGD20KSample, AGD20KTestSet, affordance_prompt, find_testset
-from .metrics import DEGENERATE_KINDS, METRICS, degenerate_kinds, kld, nss, prepare_gt, prepare_prediction, score_map, sim
+from .metrics import (DEGENERATE_KINDS, METRICS, degenerate_kinds, kld, nss, prepare_gt, prepare_prediction,
+                      score_map, sim)
 
 __all__ = [
     "AGD20KSample", "AGD20KTestSet", "DEGENERATE_KINDS", "EXPECTED_IMAGES", "METRICS", "SPLITS", "affordance_prompt",

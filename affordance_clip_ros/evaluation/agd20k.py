@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..image_files import read_rgb
+from ..io import read_rgb
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ LAYOUT = """expected the AGD20K layout:
   AGD20K/Seen/testset/GT/<affordance>/<object>/<name>.png
   AGD20K/Unseen/testset/egocentric/... and AGD20K/Unseen/testset/GT/...
 ROOT may be the folder that holds AGD20K/, AGD20K/ itself, or the split folder (AGD20K/Seen).
-AGD20K comes from https://github.com/lhc1224/Cross-View-AG (see the README)."""
+AGD20K comes from https://github.com/lhc1224/Cross-View-AG (see docs/evaluation.md)."""
 
 
 @dataclass(frozen=True)

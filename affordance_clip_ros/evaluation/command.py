@@ -109,8 +109,10 @@ def register(subparsers) -> None:
     parser.add_argument("--limit", type=int, default=None,
                         help="score only N images spread evenly over the split (quick check; not comparable)")
     parser.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="threads decoding images and scoring predictions; 0 = the main thread (default: min(4, CPUs))")
-    parser.add_argument("--examples", type=int, default=8, help="rows of the qualitative figure, 0 for none (default 8)")
+                        help="threads decoding images and scoring predictions; 0 = the main thread "
+                             "(default: min(4, CPUs))")
+    parser.add_argument("--examples", type=int, default=8,
+                        help="rows of the qualitative figure, 0 for none (default 8)")
     # fp32 by default: the paper's numbers are fp32, and auto would pick int8 ONNX Runtime on a CPU.
     add_model_arguments(parser, precision="fp32")
     parser.set_defaults(func=run)

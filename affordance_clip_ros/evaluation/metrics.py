@@ -1,4 +1,4 @@
-"""KLD, SIM and NSS as the AGD20K protocol computes them (LOCATE's evaluation code, DESIGN.md §2).
+"""KLD, SIM and NSS as the AGD20K protocol computes them (LOCATE's evaluation code; docs/evaluation.md, Protocol).
 
 Per image the protocol is::
 

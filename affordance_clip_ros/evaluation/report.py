@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..image_files import read_rgb
+from ..io import read_rgb
 from ..model.grounder import MODE_FPN
 from .agd20k import EXPECTED_IMAGES, SPLITS, read_gt
 from .evaluate import EvaluationResult, Example
@@ -88,7 +88,8 @@ def _metric_row(label: str, scores: dict) -> str:
 
 
 def _group_table(title: str, groups: dict[str, dict]) -> list[str]:
-    lines = [f"### {title}", "", "| name | images | KLD ↓ | SIM ↑ | NSS ↑ | NaN NSS |", "|---|---:|---:|---:|---:|---:|"]
+    lines = [f"### {title}", "", "| name | images | KLD ↓ | SIM ↑ | NSS ↑ | NaN NSS |",
+             "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {name} | {s['n']} | {_fmt(s['kld'])} | {_fmt(s['sim'])} | {_fmt(s['nss'])} | {s['nss_nan']} |"
               for name, s in groups.items()]
     return lines + [""]

@@ -8,6 +8,7 @@ from .weights import WeightsLoadError, WeightsNotFoundError
 
 __all__ = [
     "AffordanceFPN", "AffordanceGrounder", "AffordancePrediction", "CheckpointError", "FPNConfig", "FrozenCLIP",
-    "GrounderConfig", "ImageFeatures", "Peak", "WeightsLoadError", "WeightsNotFoundError", "count_trainable_parameters", "find_peaks",
+    "GrounderConfig", "ImageFeatures", "Peak", "WeightsLoadError", "WeightsNotFoundError", "count_trainable_parameters",
+    "find_peaks",
     "load_fpn", "paired_pixel_text_logits", "pixel_text_logits", "read_metadata", "save_fpn",
 ]

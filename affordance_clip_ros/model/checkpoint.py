@@ -3,39 +3,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from ..io import written_atomically
 from .fpn import AffordanceFPN, FPNConfig
 
 FORMAT = "affordance_clip_fpn"
 FORMAT_VERSION = 1
 _META_KEY = "affordance_clip"
 
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used with the requested model."""
-
-@contextmanager
-def written_atomically(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary file name beside ``path`` to write to; when the block ends without an error, it
-    replaces ``path`` in one rename, so readers never see a partial file. An error leaves ``path``
-    as it was and no temporary file (a killed process leaves ``<name>.*.tmp``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_fpn(path: str | os.PathLike, fpn: AffordanceFPN, clip_model: str, input_size: int,
@@ -53,13 +36,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The JSON metadata of a checkpoint, or CheckpointError naming what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"FPN checkpoint '{path}' does not exist (parameter fpn_checkpoint / --fpn-checkpoint).")
+        raise FileNotFoundError(f"FPN checkpoint '{path}' does not exist "
+                                "(parameter fpn_checkpoint / --fpn-checkpoint).")
     try:
 
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(_META_KEY)
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"'{path}' is not a readable safetensors FPN checkpoint (truncated or corrupted?): {e}") from e
+        raise CheckpointError(f"'{path}' is not a readable safetensors FPN checkpoint "
+                              f"(truncated or corrupted?): {e}") from e
     if raw is None:
         raise CheckpointError(f"'{path}' is a safetensors file without AffordanceCLIP metadata; "
                               f"was it written by `affordance-clip train`?")

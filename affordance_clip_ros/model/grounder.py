@@ -16,7 +16,8 @@ from .clip_backbone import FrozenCLIP
 from .fpn import AffordanceFPN, paired_pixel_text_logits, pixel_text_logits
 from .letterbox import letterbox_batch, unletterbox
 from .peaks import Peak, find_peaks
-from .prompts import DEFAULT_TEMPLATES, expand, validate_templates
+from .fidelity import FIDELITY_PROMPTS
+from .templates import DEFAULT_TEMPLATES, expand, validate_templates
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")
 # torch.compile modes of the torch image path; "reduce-overhead" and "max-autotune" add CUDA graphs on CUDA.
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
-# Affordances (AGD20K labels) whose heatmaps must stay faithful to fp32 for int8 to be used.
-FIDELITY_PROMPTS = ("hold", "cut with", "drink with", "pour", "sit on", "open", "kick", "ride")
 MODE_FPN = "fpn"
 MODE_TRAINING_FREE = "training-free"
 
@@ -96,7 +95,7 @@ def resolve_backend(backend: str, precision: str, device: torch.device, compile:
     torch on CUDA (cuDNN); torch wherever ``compile`` is asked for."""
     if backend == "auto":
         wants_ort = device.type == "cpu" and compile == "off" and precision in ("auto", "fp32", "int8")
-        backend = "onnxruntime" if wants_ort and _onnxruntime_available() else "torch"
+        backend = "onnxruntime" if wants_ort and onnxruntime_available() else "torch"
     if backend == "onnxruntime":
         if compile != "off":
             raise ValueError(f"compile '{compile}' applies to backend 'torch', not 'onnxruntime'")
@@ -110,9 +109,10 @@ def resolve_backend(backend: str, precision: str, device: torch.device, compile:
     return backend
 
 
-def _onnxruntime_available() -> bool:
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime imports (a warning says what its absence costs)."""
     try:
-        import onnxruntime  # noqa: F401
+        import onnxruntime  # noqa: F401 - only whether it imports
     except ImportError:
         log.warning("onnxruntime is not installed: the CPU image path falls back to torch (about 2x slower).")
         return False
@@ -126,10 +126,9 @@ def make_pixel_embedder(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
         return grounder.torch_pixel_embeddings if cfg.compile == "off" else compiled_image_path(grounder)
     from .onnx_backend import ImagePath, build_ort_image_path
 
-
     def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:  # what int8 must reproduce (probability maps)
         text = grounder.text_embeddings(FIDELITY_PROMPTS)
-        return grounder._probabilities(pixel_text_logits(embeddings, text)[0].float())
+        return grounder.probabilities(pixel_text_logits(embeddings, text)[0].float())
 
     return build_ort_image_path(ImagePath(grounder.clip, grounder.fpn), cfg.input_size, cfg.precision,
                                 cfg.engine_cache_dir, cacheable=cfg.clip_pretrained != "none", heatmaps=heatmaps)
@@ -144,12 +143,12 @@ def compiled_image_path(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
     compiled = torch.compile(grounder.torch_pixel_embeddings, mode=None if mode == "default" else mode, dynamic=False)
     size = grounder.config.input_size
     start = time.perf_counter()
-    with torch.inference_mode(), grounder._autocast():  # frames arrive as inference tensors
+    with torch.inference_mode(), grounder.autocast():  # frames arrive as inference tensors
         blank = torch.zeros(1, 3, size, size, device=grounder.device)
         try:
             for _ in range(3):  # CUDA graph trees warm up, then record, then replay
                 compiled(blank)
-        except Exception as e:  # noqa: BLE001 - whatever the compiler stack raises, say what to do
+        except Exception as e:  # whatever the compiler stack raises, say what to do
             reason = (str(e).strip().splitlines() or [""])[0]
             raise RuntimeError(f"torch.compile (mode {mode}) of the image path failed: {type(e).__name__}: {reason}. "
                                "It needs Triton on CUDA or a C++ compiler on the CPU; set compile to 'off' to run "
@@ -216,8 +215,14 @@ class AffordanceGrounder(nn.Module):
             return self._embedder.precision
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
-    def with_settings(self, **changes) -> None:
-        """Change run-time settings (peaks, templates) without reloading the model."""
+    @property
+    def prepared(self) -> bool:
+        """Whether the image path is built (by :meth:`prepare` or the first image)."""
+        return self._embedder is not None
+
+    def update_settings(self, **changes) -> None:
+        """Change run-time settings (peaks, templates) of this grounder in place, without
+        reloading the model."""
         forbidden = {"clip_model", "clip_pretrained", "fpn_checkpoint", "device", "clip_cache_dir", "backend",
                      "compile", "engine_cache_dir"} & changes.keys()
         if forbidden:
@@ -238,7 +243,8 @@ class AffordanceGrounder(nn.Module):
         return torch.nn.functional.normalize(embeddings, dim=-1)
 
     # ------------------------------------------------------------------ image
-    def _autocast(self):
+    def autocast(self):
+        """The autocast context of the configured precision (a no-op for fp32)."""
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -263,7 +269,7 @@ class AffordanceGrounder(nn.Module):
             return self.fpn(features)
         return self.clip.dense_embeddings(features.f3)
 
-    def _probabilities(self, maps: torch.Tensor) -> torch.Tensor:
+    def probabilities(self, maps: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, H, W), overwritten -> values in [0, 1]: sigmoid for the trained FPN (as
         trained), per-map min-max for the training-free head, whose cosine similarities have no
         calibrated scale."""
@@ -282,10 +288,10 @@ class AffordanceGrounder(nn.Module):
         """For each image, (N, H, W) probabilities for all N prompts, on the device. CLIP and the
         FPN run once per image whatever N is; per prompt, only a dot product at the coarse grid and
         one resampling to the image size are added."""
-        with self._autocast():
+        with self.autocast():
             dense, boxes = self._embed_images(images)
             logits = pixel_text_logits(dense, self.text_embeddings(prompts))
-        return [self._probabilities(unletterbox(maps, box)) for maps, box in zip(logits, boxes)]
+        return [self.probabilities(unletterbox(maps, box)) for maps, box in zip(logits, boxes)]
 
     def predict(self, image: np.ndarray, prompts: Sequence[str]) -> list[AffordancePrediction]:
         """uint8 RGB H x W x 3 image and prompts -> one :class:`AffordancePrediction` per prompt."""
@@ -306,10 +312,10 @@ class AffordanceGrounder(nn.Module):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
         unique = list(dict.fromkeys(prompts))
         text = self.text_embeddings(unique)[[unique.index(p) for p in prompts]]
-        with self._autocast():
+        with self.autocast():
             dense, boxes = self._embed_images(images)
             logits = paired_pixel_text_logits(dense, text)
-        return [self._probabilities(unletterbox(maps[None], box))[0].cpu().numpy() for maps, box in zip(logits, boxes)]
+        return [self.probabilities(unletterbox(maps[None], box))[0].cpu().numpy() for maps, box in zip(logits, boxes)]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

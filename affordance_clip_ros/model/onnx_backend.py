@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import written_atomically
+from ..io import written_atomically
+from .fidelity import min_correlation
 from .clip_backbone import FrozenCLIP
 from .fpn import AffordanceFPN
 
@@ -161,13 +162,8 @@ def heatmap_correlation(reference: Callable, candidate: Callable, inputs: Sequen
                         heatmaps: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """Smallest Pearson correlation, over inputs x maps, between the heatmaps (``heatmaps``:
     embeddings (1, C, h, w) -> maps (N, h, w)) of two image paths."""
-    worst = 1.0
-    for pixels in inputs:
-        a = heatmaps(reference(pixels).float()).flatten(1)
-        b = heatmaps(candidate(pixels).float()).flatten(1)
-        for x, y in zip(a.numpy(), b.numpy()):
-            worst = min(worst, float(np.corrcoef(x, y)[0, 1]))
-    return worst
+    return min_correlation((heatmaps(reference(pixels).float()), heatmaps(candidate(pixels).float()))
+                           for pixels in inputs)
 
 
 def model_fingerprint(modules: Sequence[nn.Module], *extra) -> str:
@@ -234,7 +230,9 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
     int8_path = OrtImagePath(int8, threads, "int8")
     if heatmaps is None:
         probes = torch.randn(8, module.embed_dim, generator=torch.Generator().manual_seed(0))
-        heatmaps = lambda embeddings: torch.einsum("bchw,nc->nhw", embeddings, probes)  # noqa: E731
+
+        def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("bchw,nc->nhw", embeddings, probes)
     with torch.inference_mode():
         corr = heatmap_correlation(fp32_path, int8_path, photo_pixels(CHECK_PHOTOS, input_size), heatmaps)
     if corr < INT8_MIN_CORRELATION:

@@ -144,7 +144,7 @@ def rgb_from_compressed(msg: CompressedImage, max_pixels: int) -> np.ndarray:
     try:
         with PILImage.open(io.BytesIO(data)) as header:
             width, height = header.size
-    except Exception as e:  # noqa: BLE001 - PIL raises several kinds for data that is not an image
+    except Exception as e:  # PIL raises several kinds for data that is not an image
         raise ImageConversionError(f"compressed image (format '{msg.format}') cannot be read: {e}") from None
     if width * height > max_pixels:
         raise ImageConversionError(f"compressed image of {width}x{height} is larger than {max_pixels} pixels")

@@ -3,7 +3,7 @@
     ros2 run affordance_clip_ros grounding_node --ros-args -r image:=/camera/color/image_raw
     ros2 topic pub --once /affordance/query std_msgs/msg/String "{data: 'cut with'}"
 
-Interface (DESIGN.md section 3): subscribes ``image``, ``/affordance/query`` and, with
+Interface (docs/ros.md): subscribes ``image``, ``/affordance/query`` and, with
 ``use_depth``, ``depth`` + ``camera_info``; publishes ``~/result``, ``~/heatmap``, ``~/overlay``,
 ``~/contact_point``, ``~/markers`` and ``/diagnostics``. Every output carries the input image's
 header.
@@ -11,8 +11,8 @@ header.
 Threads: the main thread runs a single-threaded executor for the subscription callbacks, the
 timers and the parameter services; each callback only stores what arrived and returns. One
 worker thread owns the model: it takes the newest frame (a newer frame replaces an unprocessed
-one, which is counted), runs inference and publishes. (rclpy's MultiThreadedExecutor took images
-several times more slowly under load: see README, Latency.)
+one, which is counted), runs inference and publishes. (rclpy's MultiThreadedExecutor takes images
+late under load: see docs/ros.md, Latency.)
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from ..model.grounder import AffordanceGrounder
 from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
 from ..visualization import draw_overlay
-from . import params
+from . import node_parameters
 from .compat import MessageInfo, fastdds_profile_variable
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
 from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, LossWindow, ThrottledLog, stamp_ns
@@ -56,7 +56,7 @@ from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, dep
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
 from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
                        result_message)
-from .prompts import NewestQueries, join_prompts, parse_prompts
+from .queries import NewestQueries, join_prompts, parse_prompts
 
 NODE_NAME = "affordance_grounding"
 QUERY_TOPIC = "/affordance/query"
@@ -98,7 +98,7 @@ class GroundingNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         self.settings = _declare_parameters(self)
-        self.add_on_set_parameters_callback(params.validate)
+        self.add_on_set_parameters_callback(node_parameters.validate)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self.grounder: AffordanceGrounder | None = None
         self.stats = FrameStats()
@@ -229,7 +229,7 @@ class GroundingNode(Node):
     def _has_listeners(self) -> bool:
         try:
             return any(pub.get_subscription_count() for pub in self._outputs)
-        except Exception:  # noqa: BLE001 - the context is shutting down
+        except Exception:  # the context is shutting down
             return False
 
     def _on_message_lost(self, info) -> None:
@@ -246,7 +246,7 @@ class GroundingNode(Node):
         except StartupError as e:
             built.put(e)
             return
-        except BaseException as e:  # noqa: BLE001 - anything else must not leave start() waiting for ever
+        except BaseException as e:  # anything else must not leave start() waiting for ever
             built.put(StartupError(f"building the model failed: {type(e).__name__}: {e}"))
             self.get_logger().error(traceback.format_exc())
             return
@@ -255,7 +255,7 @@ class GroundingNode(Node):
         while (frame := self._slot.take()) is not None:
             try:
                 self._process(frame)
-            except Exception as e:  # noqa: BLE001 - one bad frame must never stop the node
+            except Exception as e:  # one bad frame must never stop the node
                 if not self.context.ok():
                     return  # shutting down: publishers are gone
                 self.stats.count("failed")
@@ -279,7 +279,7 @@ class GroundingNode(Node):
         if not s.prompts:  # cleared while this frame waited
             return
         depth = self._paired_depth(msg, s) if s.use_depth else None
-        self.grounder.with_settings(**s.peak_settings())
+        self.grounder.update_settings(**s.peak_settings())
         start = time.perf_counter()
         predictions, downscaled = predict_any_size(self.grounder, rgb, s.prompts)
         inference_ms = (time.perf_counter() - start) * 1e3
@@ -295,7 +295,7 @@ class GroundingNode(Node):
         if downscaled:
             release_free_memory()
 
-    def _paired_depth(self, msg: Image, s: params.Settings) -> tuple[bool, Image | None, CameraInfo | None]:
+    def _paired_depth(self, msg: Image, s: node_parameters.Settings) -> tuple[bool, Image | None, CameraInfo | None]:
         """Before inference: (paired, depth image, CameraInfo) of this frame. Its depth image is
         taken now when it is in, so the depth images that arrive while the model runs cannot push
         it out; one still to come is waited for after inference (paired False), while the model runs."""
@@ -303,7 +303,7 @@ class GroundingNode(Node):
         return paired, depth_msg, self._camera_info
 
     def _points_3d(self, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None], shape, predictions,
-                   s: params.Settings) -> list:
+                   s: node_parameters.Settings) -> list:
         """3D points per prompt and peak, or [] (with a throttled warning) when this frame has none."""
         paired, depth_msg, info = depth
         if not paired:
@@ -338,7 +338,7 @@ class GroundingNode(Node):
             self.throttled.warning("other frame", f"{listed} but the image is in '{image_frame}': depth and "
                                    "CameraInfo must be registered to the colour image (aligned depth)")
 
-    def _publish(self, header, rgb, predictions, points, inference_ms: float, s: params.Settings) -> None:
+    def _publish(self, header, rgb, predictions, points, inference_ms: float, s: node_parameters.Settings) -> None:
         heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
         self._pub_result.publish(result_message(header, predictions, points, inference_ms, heatmaps))
         self._pub_heatmap.publish(heatmaps[0])
@@ -381,14 +381,14 @@ class GroundingNode(Node):
             values["device"], level, message, values))
 
     @staticmethod
-    def _status_line(snap: dict, s: params.Settings) -> str:
+    def _status_line(snap: dict, s: node_parameters.Settings) -> str:
         if not s.prompts:
             return f"idle: no prompts (publish on {QUERY_TOPIC})"
         if snap["fps"] == 0:
             return "waiting for images"
         return f"{snap['fps']:.1f} fps, latency p95 {snap['latency_p95_ms']:.0f} ms"
 
-    def _problems_since_last(self, snap: dict, s: params.Settings) -> list[str]:
+    def _problems_since_last(self, snap: dict, s: node_parameters.Settings) -> list[str]:
         """What went wrong since the last /diagnostics (each makes the status WARN)."""
         new = {name: snap[name] - self._counts_seen.get(name, 0) for name in ("received", "rejected", "failed",
                                                                               "no_depth")}
@@ -480,14 +480,14 @@ class GroundingNode(Node):
                 self._subscribe_sensor(role, msg_type, callback, wanted, sub.topic_name)
 
 
-def _declare_parameters(node: Node) -> params.Settings:
+def _declare_parameters(node: Node) -> node_parameters.Settings:
     try:
-        params.declare(node)
+        node_parameters.declare(node)
     except ParameterException as e:
         raise StartupError(f"invalid parameter: {e}") from e
-    settings = params.read_settings(node)
-    refused = params.validate([Parameter(name, value=value) for name, value in
-                               ((n, node.get_parameter(n).value) for n in params.SPECS)])
+    settings = node_parameters.read_settings(node)
+    refused = node_parameters.validate([Parameter(name, value=value) for name, value in
+                                        ((n, node.get_parameter(n).value) for n in node_parameters.SPECS)])
     if not refused.successful:
         raise StartupError(f"invalid parameter: {refused.reason}")
     return settings
@@ -495,8 +495,8 @@ def _declare_parameters(node: Node) -> params.Settings:
 
 _FIXES = {
     "clip_pretrained": "pass a local weights file (-p clip_pretrained:=/path/open_clip_model.safetensors) or copy "
-                       "the file into the Hugging Face cache (README, 'CLIP weights'); 'none' gives random weights "
-                       "for tests only",
+                       "the file into the Hugging Face cache (docs/install.md, 'CLIP weights'); 'none' gives random "
+                       "weights for tests only",
     "fpn_checkpoint": "pass a checkpoint written by `affordance-clip train`, or leave fpn_checkpoint empty for the "
                       "training-free head",
     "clip_model": "use an open_clip ResNet CLIP such as RN101 (the paper's) or RN50",
@@ -504,7 +504,7 @@ _FIXES = {
 }
 
 
-def _startup_message(error: Exception, s: params.Settings) -> str:
+def _startup_message(error: Exception, s: node_parameters.Settings) -> str:
     text = str(error)
     if isinstance(error, (WeightsNotFoundError, WeightsLoadError)) or "pretrained" in text:
         name = "clip_pretrained"

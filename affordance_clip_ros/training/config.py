@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def _f(default: Any, help: str):  # noqa: A002 - the argparse word
+def _f(default: Any, help: str):  # the argparse word
     return field(default=default, metadata={"help": help})
 
 

@@ -17,8 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from ..image_files import stored_size
-from .data import CocoSegmentation, PngMask, Record, check_exists
+from ..io import stored_size
+from .records import CocoSegmentation, PngMask, Record, check_exists
 
 EXAMPLE = __doc__.split("\n\n")[1]
 

@@ -1,9 +1,10 @@
 """Reader for RefCOCO, RefCOCO+ and RefCOCOg in the refer toolkit's layout (github.com/lichengunc/refer).
 
-One record per referring sentence, tagged with its object (``dataset(splitBy):ref_id``); its mask is the referred COCO annotation's segmentation
-(polygons or RLE) decoded with pycocotools, as ``REFER.getMask`` does. Annotations are drawn on
-the pixels as stored, so images are read without their EXIF orientation; an image file whose size
-differs from the one in ``instances.json`` is left out, with a warning that counts them.
+One record per referring sentence, tagged with its object (``dataset(splitBy):ref_id``); its mask
+is the referred COCO annotation's segmentation (polygons or RLE) decoded with pycocotools, as
+``REFER.getMask`` does. Annotations are drawn on the pixels as stored, so images are read without
+their EXIF orientation; an image file whose size differs from the one in ``instances.json`` is
+left out, with a warning that counts them.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import os
 import pickle
 from pathlib import Path
 
-from ..image_files import stored_size
-from .data import CocoSegmentation, Record, check_exists
+from ..io import stored_size
+from .records import CocoSegmentation, Record, check_exists
 
 log = logging.getLogger(__name__)
 

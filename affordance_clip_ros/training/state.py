@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..model.checkpoint import written_atomically
+from ..io import written_atomically
 
 STATE_FILE = "trainer_state.pt"
 FPN_FILE = "fpn.safetensors"

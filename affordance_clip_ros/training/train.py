@@ -47,7 +47,7 @@ from . import distributed
 from .config import RESUME_OVERRIDABLE, TrainConfig
 from .data import ReferringDataset, ResumableSampler, build_dataset, worker_init
 from .loss import iou_counts, per_sample_iou, pixel_text_loss
-from .report import TRAIN_COLUMNS, VAL_COLUMNS, CsvLog, save_prediction_grid
+from .logs import TRAIN_COLUMNS, VAL_COLUMNS, CsvLog, save_prediction_grid
 from .state import (FPN_FILE, STATE_FILE, load_trainer_state, restore_rng, save_trainer_state, trainer_state)
 
 log = logging.getLogger(__name__)

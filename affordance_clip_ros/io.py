@@ -1,4 +1,5 @@
-"""Reading image files for training, evaluation and ``affordance-clip infer``.
+"""File helpers shared by every layer: atomic writes, and reading image files for training,
+evaluation and ``affordance-clip infer``.
 
 A JPEG may carry an EXIF orientation tag (phones set it instead of rotating the pixels).
 OpenCV's ``IMREAD_COLOR`` applies it; PIL's ``Image.open(...).convert("RGB")``, which LOCATE's
@@ -8,7 +9,10 @@ pixels as stored. Training and evaluation therefore read the stored layout (the 
 from __future__ import annotations
 
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -41,3 +45,20 @@ def stored_size(path: str | os.PathLike) -> tuple[int, int]:
     except (OSError, Image.DecompressionBombError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image '{path}' (corrupted or not an image?)") from e
     return height, width
+
+
+@contextmanager
+def written_atomically(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary file name beside ``path`` to write to; when the block ends without an error, it
+    replaces ``path`` in one rename, so readers never see a partial file. An error leaves ``path``
+    as it was and no temporary file (a killed process leaves ``<name>.*.tmp``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,35 +1,37 @@
-"""Run the installed ``grounding_node`` as a process and talk to it over ROS 2.
+"""A Python client of the ``affordance_grounding`` node, for a planner, a notebook or a script:
+set the prompts, receive the results, change parameters, and (without a camera) play the camera.
 
-Used by the tests (test/test_ros_*.py) and the demo (scripts/ros_demo.py); also handy to try
-the node from a Python shell::
+    from affordance_clip_ros.ros.client import GroundingClient
 
-    env = ros_env(domain_id=42)
-    with NodeProcess({"clip_model": "RN-tiny", "clip_pretrained": "none"}, namespace="/demo", env=env) as node, \
-            GroundingClient("/demo", domain_id=42) as client:
-        client.publish_prompt("drink with")
-        client.stream_until(lambda: client.results, skimage.data.coffee())
-        print(client.results[-1].maps[0].peaks)
+    with GroundingClient(outputs=("result",)) as client:  # the node launched in the root namespace
+        client.publish_prompt("cut with; hold")
+        result = client.next_result(timeout=10.0)        # affordance_clip_ros/msg/AffordanceResult
+        for m in result.maps:
+            print(m.prompt, [(p.u, p.v, p.score) for p in m.peaks])
 
-Isolation: every run should pick its own ``domain_id`` and ``namespace`` (other programs on the
-machine may run the same node); the client publishes the camera topics and the query inside the
-namespace, and keeps only this node's /diagnostics.
+The client has its own rclpy context and spins it on a background thread, so it works next to
+any other rclpy code in the process and needs no executor of the caller. Everything the node
+publishes is recorded in ``results``, ``heatmaps``, ``overlays``, ``contacts``, ``markers`` and
+``diagnostics`` (read them under ``lock`` or through :meth:`GroundingClient.wait_for`).
+Images the client publishes go to ``image_topic`` (and depth / CameraInfo beside it): give the
+node the same topics (launch arguments ``image_topic``, ``depth_topic``, ``camera_info_topic``).
+Call :func:`use_fastdds_profile_here` before the first client when publishing camera-sized
+images, so that this process uses the package's Fast DDS profile as the launched node does.
 """
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import rclpy
-from ament_index_python.packages import get_package_prefix, get_package_share_directory
+from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -43,179 +45,54 @@ from visualization_msgs.msg import MarkerArray
 from ..msg import AffordanceResult
 from .compat import fastdds_profile_set, fastdds_profile_variable
 from .conversions import numpy_to_image
+from .grounding_node import NODE_NAME, QUERY_TOPIC
 
 PACKAGE = "affordance_clip_ros"
-NODE_NAME = "affordance_grounding"
-# Middlebury 2014 "Motorcycle" at the 1/4 scale of skimage.data.stereo_motorcycle(): focal length
-# and principal point (px), baseline (m) and disparity offset (px).
-MOTORCYCLE_F, MOTORCYCLE_CX, MOTORCYCLE_CY = 3979.911 / 4, 1244.772 / 4, 1019.507 / 4
-MOTORCYCLE_BASELINE_M, MOTORCYCLE_DOFFS = 0.193001, 124.343 / 4
+OUTPUTS = ("result", "heatmap", "overlay", "contact_point", "markers")  # the node's ~/ topics
 
 
-def motorcycle_rgbd() -> tuple[np.ndarray, np.ndarray, CameraInfo]:
-    """A real RGB-D frame: the left image, float32 depth in metres (NaN where the disparity is
-    unknown) from depth = baseline * f / (disparity + doffs), and its CameraInfo (K, P, R)."""
-    import skimage.data
-
-    left, _, disparity = skimage.data.stereo_motorcycle()
-    f, cx, cy = MOTORCYCLE_F, MOTORCYCLE_CX, MOTORCYCLE_CY
-    with np.errstate(invalid="ignore", divide="ignore"):
-        depth = (MOTORCYCLE_BASELINE_M * f / (disparity + MOTORCYCLE_DOFFS)).astype(np.float32)
-    depth[~np.isfinite(disparity) | ~np.isfinite(depth) | (depth <= 0)] = np.nan
-    info = CameraInfo(width=left.shape[1], height=left.shape[0], distortion_model="plumb_bob")
-    info.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
-    info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    return left, depth, info
-
-
-def installed_executable() -> Path:
-    return Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / "grounding_node"
-
-
-def installed_share() -> Path:
-    return Path(get_package_share_directory(PACKAGE))
-
-
-def free_domain_id(salt: int = 0) -> int:
-    """A ROS domain id (101..200) derived from this process id and ``salt``, so that concurrent
-    test runs on one machine are unlikely to share a domain (namespaces separate them anyway)."""
-    return 101 + (os.getpid() * 7 + salt * 31) % 100
-
-
-def ros_env(domain_id: int, fastdds_profile: bool = True, **extra: str) -> dict[str, str]:
-    """The environment for the node process: this one plus the domain id and, by default, the
-    package's Fast DDS profile (shared memory + large UDP buffers, see config/fastdds_profile.xml)."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1", **extra)
-    if fastdds_profile:
-        env[fastdds_profile_variable()] = str(installed_share() / "config" / "fastdds_profile.xml")
-    return env
+def fastdds_profile_path() -> Path:
+    """The package's Fast DDS profile (shared memory + large UDP buffers), as installed."""
+    return Path(get_package_share_directory(PACKAGE)) / "config" / "fastdds_profile.xml"
 
 
 def use_fastdds_profile_here() -> bool:
     """Give this process the package's Fast DDS profile, as the launch file gives it to the node.
 
     Between processes, camera-sized images over Fast DDS's default transports are lost and
-    repaired late (DESIGN.md section 5), which also delays small messages queued behind them;
-    with the profile (shared memory, big buffers) on both sides they arrive in milliseconds.
-    Fast DDS reads the profile variable once per process, when the first participant is
-    created: call this before any rclpy node exists (at import or start-up). A value already set
-    is kept (returns False).
+    repaired late, which also delays small messages queued behind them; with the profile (shared
+    memory, big buffers) on both sides they arrive in milliseconds. Fast DDS reads
+    the profile variable once per process, when the first participant is created: call
+    this before any rclpy node exists. A value already set is kept (returns False).
     """
     if fastdds_profile_set():
         return False
-    os.environ[fastdds_profile_variable()] = str(installed_share() / "config" / "fastdds_profile.xml")
+    os.environ[fastdds_profile_variable()] = str(fastdds_profile_path())
     return True
 
 
-def _param_arg(name: str, value: Any) -> str:
-    """``name:=value`` for ``--ros-args -p`` (values are read as YAML: strings are quoted)."""
-    def quote(text: str) -> str:
-        return "'" + text.replace("'", "''") + "'"
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, (list, tuple)):
-        text = "[" + ", ".join(quote(str(v)) for v in value) + "]"
-    elif isinstance(value, str):
-        text = quote(value)
-    else:
-        text = repr(value)
-    return f"{name}:={text}"
-
-
-class NodeProcess:
-    """The installed grounding node in a subprocess; its console output goes to a log file."""
-
-    def __init__(self, parameters: Mapping[str, Any], namespace: str = "/", remappings: Mapping[str, str] | None = None,
-                 env: Mapping[str, str] | None = None, params_file: str | None = None,
-                 log_path: str | os.PathLike | None = None):
-        self.namespace = namespace
-        args = [str(installed_executable()), "--ros-args", "-r", f"__ns:={namespace}"]
-        if params_file:
-            args += ["--params-file", str(params_file)]
-        for name, value in parameters.items():
-            args += ["-p", _param_arg(name, value)]
-        for src, dst in (remappings or {}).items():
-            args += ["-r", f"{src}:={dst}"]
-        self.args = args
-        self.env = dict(env or os.environ)
-        if log_path is None:
-            fd, log_path = tempfile.mkstemp(prefix="grounding_node.", suffix=".log")
-            os.close(fd)
-        self.log_path = Path(log_path)
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> "NodeProcess":
-        self._log_file = open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.args, stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env,
-                                        start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for_log(self, text: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log():
-                return True
-            if not self.running():
-                return text in self.log()
-            time.sleep(0.1)
-        return False
-
-    def rss_kb(self) -> int:
-        """Resident memory of the node process (VmRSS), kB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmRSS line")
-
-    def send_signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        return self.process.wait(timeout)
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGINT, then SIGKILL when it does not exit within ``timeout`` seconds."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        self._log_file.close()
-        return self.process.returncode
-
-    def __enter__(self) -> "NodeProcess":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 class GroundingClient:
-    """A node that plays the camera and the user: publishes images, depth, CameraInfo and
-    prompts into ``namespace`` and records everything the grounding node publishes.
+    """Talks to one grounding node: publishes prompts (and, optionally, images, depth and
+    CameraInfo) and records everything the node publishes.
 
-    Recorded lists (``results``, ``heatmaps``, ``overlays``, ``contacts``, ``markers``,
-    ``diagnostics``) are appended to from a background executor thread; read them through
-    :meth:`wait_for` or under :attr:`lock`.
+    ``namespace``: the node's namespace (its outputs are ``<namespace>/affordance_grounding/...``).
+    ``domain_id``: the ROS domain (None: ``ROS_DOMAIN_ID`` or 0). ``query_topic``, ``image_topic``,
+    ``depth_topic``, ``camera_info_topic``: where prompts and camera data are published (the
+    node's defaults, as the launch file remaps them). ``image_reliability``: QoS of the camera
+    publishers. ``outputs``: the node's outputs to subscribe to and record (the node draws
+    ``overlay`` only while someone subscribes: leave it out to spare that work). Recorded lists
+    are appended to from a background thread; read them through :meth:`wait_for` or under
+    :attr:`lock`.
     """
 
-    def __init__(self, namespace: str, domain_id: int, image_reliability=ReliabilityPolicy.RELIABLE,
-                 node_name: str | None = None):
+    def __init__(self, namespace: str = "", domain_id: int | None = None, *, query_topic: str = QUERY_TOPIC,
+                 image_topic: str = "/camera/color/image_raw",
+                 depth_topic: str = "/camera/aligned_depth_to_color/image_raw",
+                 camera_info_topic: str = "/camera/color/camera_info",
+                 image_reliability=ReliabilityPolicy.RELIABLE, node_name: str | None = None,
+                 outputs: Iterable[str] = OUTPUTS):
+        if unknown := set(outputs) - set(OUTPUTS):
+            raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
         self.namespace = namespace.rstrip("/")
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
@@ -230,10 +107,9 @@ class GroundingClient:
         self.markers: list[MarkerArray] = []
         self.diagnostics: list[dict[str, str]] = []
 
-        ns = self.namespace
-        self.image_topic, self.depth_topic = f"{ns}/camera/image", f"{ns}/camera/depth"
-        self.info_topic, self.query_topic = f"{ns}/camera/camera_info", f"{ns}/affordance/query"
-        self.output_prefix = f"{ns}/{NODE_NAME}"
+        self.image_topic, self.depth_topic = image_topic, depth_topic
+        self.info_topic, self.query_topic = camera_info_topic, query_topic
+        self.output_prefix = f"{self.namespace}/{NODE_NAME}"
         sensor_qos = QoSProfile(depth=100, reliability=image_reliability)
         self.image_pub = self.node.create_publisher(Image, self.image_topic, sensor_qos)
         self.depth_pub = self.node.create_publisher(Image, self.depth_topic, sensor_qos)
@@ -242,9 +118,11 @@ class GroundingClient:
             String, self.query_topic,
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         out_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        for name, msg_type, store in (("result", AffordanceResult, self.results), ("heatmap", Image, self.heatmaps),
-                                      ("overlay", Image, self.overlays), ("contact_point", PointStamped, self.contacts),
-                                      ("markers", MarkerArray, self.markers)):
+        recorded = {"result": (AffordanceResult, self.results), "heatmap": (Image, self.heatmaps),
+                    "overlay": (Image, self.overlays), "contact_point": (PointStamped, self.contacts),
+                    "markers": (MarkerArray, self.markers)}
+        for name in outputs:
+            msg_type, store = recorded[name]
             self.node.create_subscription(msg_type, f"{self.output_prefix}/{name}", self._recorder(store), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.parameters = AsyncParameterClient(self.node, f"{self.output_prefix}")
@@ -257,7 +135,7 @@ class GroundingClient:
     def _spin(self) -> None:
         try:
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races end the thread quietly
+        except Exception:  # shutdown races end the thread quietly
             pass
 
     def _recorder(self, store: list) -> Callable:
@@ -288,6 +166,15 @@ class GroundingClient:
                     return value
                 self.lock.wait(min(remaining, 0.1))
             return value
+
+    def next_result(self, timeout: float = 10.0) -> AffordanceResult | None:
+        """The first result that arrives after this call, or None after ``timeout`` seconds."""
+        with self.lock:
+            count = len(self.results)
+        if not self.wait_for(lambda: len(self.results) > count, timeout):
+            return None
+        with self.lock:
+            return self.results[count]
 
     def clear(self) -> None:
         with self.lock:
@@ -327,6 +214,7 @@ class GroundingClient:
         self.info_pub.publish(info)
 
     def publish_prompt(self, text: str) -> None:
+        """Set the node's prompts: one or more action phrases separated by ';' (empty: idle)."""
         self.query_pub.publish(String(data=text))
 
     def set_parameters(self, timeout: float = 10.0, **values) -> list[SetParametersResult]:
@@ -342,6 +230,7 @@ class GroundingClient:
         return list(future.result().results)
 
     def get_parameters(self, *names: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Current values of the grounding node's parameters ``names``."""
         if not self.parameters.wait_for_services(timeout_sec=timeout):
             raise TimeoutError("parameter services of the grounding node not available")
         future = self.parameters.get_parameters(list(names))
@@ -351,7 +240,7 @@ class GroundingClient:
         if not future.done():
             raise TimeoutError("get_parameters did not answer")
         values = future.result().values
-        return {n: Parameter.from_parameter_msg(_named(n, v)).value for n, v in zip(names, values)}
+        return {n: Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)).value for n, v in zip(names, values)}
 
     def node_subscription_reliability(self, topic: str | None = None):
         """Reliability of the grounding node's subscription to ``topic`` (the image topic), or None."""
@@ -397,7 +286,3 @@ class GroundingClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-def _named(name: str, value):
-    from rcl_interfaces.msg import Parameter as ParameterMsg
-    return ParameterMsg(name=name, value=value)

@@ -1,0 +1,27 @@
+"""Real RGB-D test data: the Middlebury 2014 "Motorcycle" frame that scikit-image ships."""
+from __future__ import annotations
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo
+
+# Middlebury 2014 "Motorcycle" at the 1/4 scale of skimage.data.stereo_motorcycle(): focal length
+# and principal point (px), baseline (m) and disparity offset (px).
+MOTORCYCLE_F, MOTORCYCLE_CX, MOTORCYCLE_CY = 3979.911 / 4, 1244.772 / 4, 1019.507 / 4
+MOTORCYCLE_BASELINE_M, MOTORCYCLE_DOFFS = 0.193001, 124.343 / 4
+
+
+def motorcycle_rgbd() -> tuple[np.ndarray, np.ndarray, CameraInfo]:
+    """A real RGB-D frame: the left image, float32 depth in metres (NaN where the disparity is
+    unknown) from depth = baseline * f / (disparity + doffs), and its CameraInfo (K, P, R)."""
+    import skimage.data
+
+    left, _, disparity = skimage.data.stereo_motorcycle()
+    f, cx, cy = MOTORCYCLE_F, MOTORCYCLE_CX, MOTORCYCLE_CY
+    with np.errstate(invalid="ignore", divide="ignore"):
+        depth = (MOTORCYCLE_BASELINE_M * f / (disparity + MOTORCYCLE_DOFFS)).astype(np.float32)
+    depth[~np.isfinite(disparity) | ~np.isfinite(depth) | (depth <= 0)] = np.nan
+    info = CameraInfo(width=left.shape[1], height=left.shape[0], distortion_model="plumb_bob")
+    info.k = [f, 0.0, cx, 0.0, f, cy, 0.0, 0.0, 1.0]
+    info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    return left, depth, info
