@@ -5,7 +5,8 @@
 #
 #   bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test
 #   ROS_DISTRO=jazzy bash scripts/with_ros.sh .venv-jazzy/bin/python -m pytest -q test
-#   bash scripts/with_ros.sh grounding_node --ros-args -r image:=...
+#   bash scripts/with_ros.sh install/kilted/affordance_clip_ros/lib/affordance_clip_ros/grounding_node \
+#       --ros-args -r image:=...
 #
 # Which copy of `affordance_clip_ros` is imported: the installed one, always. It is the only copy
 # that holds the generated `affordance_clip_ros.msg` next to the pure Python sources.

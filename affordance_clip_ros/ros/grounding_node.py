@@ -415,7 +415,10 @@ class GroundingNode(Node):
         sub, reliability = self._sensor_subs["image"][:2]
         text = f"{share:.0%} of frames on {sub.topic_name} lost in transport ({lost} in {LOSS_WINDOW_S:.0f} s)"
         publishers = self.get_publishers_info_by_topic(sub.topic_name)
-        if publishers and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers):
+        if reliability == ReliabilityPolicy.RELIABLE:
+            fix = ("the camera's reliable writer dropped frames this node had not acknowledged in time: the "
+                   "node's computer or the network is too busy for the camera's rate and size")
+        elif publishers and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers):
             fix = ("the camera publishes reliably but this node subscribes best effort: set image_qos to auto "
                    "(the default) or reliable")
         else:
