@@ -32,6 +32,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto"
                        help="prompt template with one '{}' (repeat to average several); default: the bare phrase")
 
 
+def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
+    """--num-peaks, --peak-threshold, --peak-min-distance and the overlay's --alpha."""
+    parser.add_argument("--num-peaks", type=int, default=5, help="peaks per map (default 5)")
+    parser.add_argument("--peak-threshold", type=float, default=0.3, help="minimum peak value in [0, 1]")
+    parser.add_argument("--peak-min-distance", type=int, default=20, help="minimum pixels between peaks")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay")
+
+
+def peak_settings(args: argparse.Namespace) -> dict:
+    """The GrounderConfig fields of :func:`add_peak_arguments`."""
+    return dict(num_peaks=args.num_peaks, peak_threshold=args.peak_threshold, peak_min_distance=args.peak_min_distance)
+
+
 def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
     kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                   fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cli_common import add_model_arguments, grounder_from_args
+from .cli_common import add_model_arguments, add_peak_arguments, grounder_from_args, peak_settings
 from .image_files import read_rgb
 from .model import AffordanceGrounder
 from .visualization import colorize, draw_overlay
@@ -58,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grounder = grounder_from_args(args, num_peaks=args.num_peaks, peak_threshold=args.peak_threshold,
-                                  peak_min_distance=args.peak_min_distance)
+    grounder = grounder_from_args(args, **peak_settings(args))
     records = []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):
         # Photos upright as viewers show them (EXIF orientation applied): CLIP sees objects the right
@@ -79,9 +78,6 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", "-p", action="append", dest="prompts", required=True,
                         help="action phrase, e.g. 'cut with' (repeat for several)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
-    parser.add_argument("--num-peaks", type=int, default=5, help="peaks per map (default 5)")
-    parser.add_argument("--peak-threshold", type=float, default=0.3, help="minimum peak value in [0, 1]")
-    parser.add_argument("--peak-min-distance", type=int, default=20, help="minimum pixels between peaks")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay")
+    add_peak_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=run)
