@@ -3,6 +3,8 @@
 On a ROS 2 system the package is built by colcon through CMakeLists.txt instead, which also
 generates the ``affordance_clip_ros.msg`` interfaces.
 """
+from glob import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -13,6 +15,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["affordance_clip_ros", "affordance_clip_ros.*"]),
     package_data={"affordance_clip_ros.model": ["configs/*.json"]},
+    # The message definitions, where a colcon install has them too: `affordance-clip bag` reads them.
+    data_files=[("share/affordance_clip_ros/msg", glob("msg/*.msg"))],
     install_requires=[
         "torch>=2.4",
         "torchvision",
@@ -26,6 +30,8 @@ setup(
         "matplotlib",
         "pycocotools",
         "PyYAML",
+        "rosbags",
+        "mcap",
     ],
     extras_require={"export": ["onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["affordance-clip = affordance_clip_ros.cli:main"]},
