@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -36,6 +37,9 @@ START_NS = 1_764_400_000_000_000_000
 PERIOD_NS = 200_000_000  # 5 Hz: neighbouring frames are further apart than max_depth_age (0.1 s)
 MOTORCYCLE_AT = (5, 17)  # frame indices that carry the RGB-D frame (with depth and CameraInfo)
 UNDECODABLE_AT = 11  # frame index with an encoding the model cannot take
+NEVER = QosTime(sec=0, nsec=0)
+SENSOR_QOS = Qos(QosHistory.KEEP_LAST, 5, QosReliability.BEST_EFFORT, QosDurability.VOLATILE, NEVER, NEVER,
+                 QosLiveliness.AUTOMATIC, NEVER, False)  # a camera driver's
 
 
 def store_with_our_messages():
@@ -116,7 +120,7 @@ def write_camera_bag(path: Path, storage: str, transport: str, depth_encoding: s
     writer.open()
     image_type = "sensor_msgs/msg/Image" if transport == "raw" else "sensor_msgs/msg/CompressedImage"
     image_conn = writer.add_connection(IMAGE_TOPIC + ("" if transport == "raw" else "/compressed"), image_type,
-                                       typestore=STORE)
+                                       typestore=STORE, offered_qos_profiles=[SENSOR_QOS])
     depth_conn = writer.add_connection(DEPTH_TOPIC, "sensor_msgs/msg/Image", typestore=STORE)
     info_conn = writer.add_connection(INFO_TOPIC, "sensor_msgs/msg/CameraInfo", typestore=STORE)
     left, depth, info = motorcycle()
@@ -169,6 +173,11 @@ def write_camera_bag(path: Path, storage: str, transport: str, depth_encoding: s
     return recording
 
 
+def offered_qos(path: Path) -> dict[str, list[Qos]]:
+    with Reader(path) as reader:
+        return {c.topic: c.ext.offered_qos_profiles for c in reader.connections}
+
+
 def read_bag(path: Path) -> dict[str, list[tuple[int, object, bytes]]]:
     """Every message of a bag: topic -> [(log time, deserialized message, raw bytes)] in order."""
     with Reader(path) as reader:
@@ -213,10 +222,11 @@ def test_every_frame_is_grounded_and_written_with_its_stamp_header_prompts_and_3
     assert next(out.glob("*.mcap" if storage == "mcap" else "*.db3"))
     bag = read_bag(out)
 
-    # The input topics, copied as recorded.
+    # The input topics, copied as recorded, with the QoS they were offered with.
     original = read_bag(rec.path)
     for topic, messages in original.items():
         assert [(t, raw) for t, _, raw in bag[topic]] == [(t, raw) for t, _, raw in messages], topic
+    assert offered_qos(out)[image_topic] == [SENSOR_QOS]
 
     # One result per decodable frame, at its stamp, with its header and the prompts in order.
     decodable = sorted(rec.rgb)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..cli_common import add_model_arguments, add_peak_arguments, grounder_from_args, peak_settings
 from ..ros.prompts import SEPARATOR, parse_prompts
-from .convert import STORAGES, BagConverter, OutputBag, Settings
+from .convert import STORAGES, BagConverter, OutputBag, Settings, Summary
 from .reader import BagError, BagReader, TopicInfo
 from .types import CAMERA_INFO, COMPRESSED_IMAGE, IMAGE, typestore
 from .video import OverlayVideo
@@ -82,6 +82,22 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     args.max_depth_age, args.depth_window, args.alpha)
 
 
+def process_bag(bag: BagReader, topics: dict[str, TopicInfo], store, grounder, settings: Settings, out: Path,
+                storage: str = "mcap", video: str | None = None) -> Summary:
+    """The command once the model is built: OUT (and the video) written, and closed whatever stops the run."""
+    output = OutputBag(out, storage, store, list(topics.values()), settings.use_depth)
+    overlays = OverlayVideo(video) if video else None
+    try:
+        with stop_on_ctrl_c() as stop:
+            summary = BagConverter(grounder, store, settings, output, overlays, stop).run(bag, topics)
+    finally:
+        output.close()
+        if overlays is not None:
+            overlays.close()
+    summary.video_fps = overlays.fps if overlays is not None else None
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     out = Path(args.out)
@@ -97,20 +113,12 @@ def run(args: argparse.Namespace) -> int:
         grounder = grounder_from_args(args, **peak_settings(args))
         log.info("%s: %s (%s) on %s, batches of %d, prompts: %s", args.bag, args.clip_model, grounder.mode,
                  grounder.device, settings.batch_size, "; ".join(settings.prompts))
-        output = OutputBag(out, args.storage, store, list(topics.values()), settings.use_depth)
-        video = OverlayVideo(args.video) if args.video else None
         try:
-            with stop_on_ctrl_c() as stop:
-                summary = BagConverter(grounder, store, settings, output, video, stop).run(bag, topics)
+            summary = process_bag(bag, topics, store, grounder, settings, out, args.storage, args.video)
         except KeyboardInterrupt:
             log.warning("stopped at once by Ctrl-C; %s is closed and readable", out)
             return 130
-        finally:
-            output.close()
-            if video is not None:
-                video.close()
-    summary.video_fps = video.fps if video is not None else None
-    log.info("wrote %s (%s)%s", out, args.storage, f" and {args.video}" if video is not None else "")
+    log.info("wrote %s (%s)%s", out, args.storage, f" and {args.video}" if args.video else "")
     for line in summary.lines():
         (log.warning if line.startswith(("the bag is damaged", "interrupted")) else log.info)("%s", line)
     return 130 if summary.interrupted else 0

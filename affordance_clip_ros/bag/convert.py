@@ -130,27 +130,26 @@ class BagConverter:
         roles = {s.image_topic: pairer.image, s.depth_topic: pairer.depth}
         batch: list[Frame] = []
         start = time.perf_counter()
-        with tqdm(total=topics[s.image_topic].count, desc="bag", unit="frame") as self._progress:
+        with tqdm(total=topics[s.image_topic].count, desc="bag", unit="frame") as progress:
             for topic, log_time, raw in bag.messages(topics):
                 if self.stop.is_set():
                     self.summary.interrupted = True
                     break
                 self.out.copy(topic, log_time, raw)
                 msg = self.store.deserialize_cdr(raw, topics[topic].msgtype)
-                ready = roles[topic](msg, log_time) if topic in roles else pairer.camera_info(msg)
-                batch += ready
+                batch += roles[topic](msg, log_time) if topic in roles else pairer.camera_info(msg)
                 if len(batch) >= s.batch_size:
-                    self._process(batch)
+                    self._process(batch, progress)
                     batch = []
-            else:
-                self._process(batch + pairer.finish())
+            else:  # the bag is read (as far as it can be): the frames still waiting too
+                self._process(batch + pairer.finish(), progress)
         self.summary.wall_s = time.perf_counter() - start
         self.summary.stopped = bag.stopped
         return self.summary
 
-    def _process(self, frames: list[Frame]) -> None:
+    def _process(self, frames: list[Frame], progress: tqdm) -> None:
         decoded = [(frame, rgb) for frame in frames if (rgb := self._decode(frame)) is not None]
-        self._progress.update(len(frames) - len(decoded))
+        progress.update(len(frames) - len(decoded))
         if not decoded:
             return
         start = time.perf_counter()
@@ -158,8 +157,8 @@ class BagConverter:
         seconds = time.perf_counter() - start
         self.summary.model_s += seconds
         for (frame, rgb), (predictions, _) in zip(decoded, outputs):
-            self._write(frame, rgb, predictions, seconds * 1e3 / len(decoded))
-            self._progress.update(1)
+            self._write(frame, rgb, predictions, seconds * 1e3 / len(decoded))  # the batch's time, shared
+            progress.update(1)
 
     def _decode(self, frame: Frame):
         try:

@@ -114,7 +114,8 @@ class _SqliteRows:
         ids = [topic_id for topic_id, name in self._topic_of.items() if name in topics]
         if not ids:
             return
-        query = f"SELECT topic_id, timestamp, data FROM messages WHERE topic_id IN ({','.join('?' * len(ids))}) ORDER BY id"
+        marks = ",".join("?" * len(ids))
+        query = f"SELECT topic_id, timestamp, data FROM messages WHERE topic_id IN ({marks}) ORDER BY id"
         for topic_id, timestamp, data in self._db.execute(query, ids):
             yield self._topic_of[topic_id], timestamp, data
 
@@ -203,8 +204,9 @@ class BagReader:
                 except StopIteration:
                     break
                 except Exception as e:  # noqa: BLE001 - whatever the storage library raises on damage ends reading here
-                    where = f"after {read} message(s) of the topics read" + (f", last log time {last} ns" if last else "")
-                    self.stopped = f"{source.name}: stopped {where}: {type(e).__name__}: {str(e) or 'file ends inside a record'}"
+                    when = f" (last recorded at {last / 1e9:.3f} s)" if last is not None else ""
+                    why = f"{type(e).__name__}: {str(e) or 'the file ends inside a record'}"
+                    self.stopped = f"{source.name}: stopped after {read} message(s) of the topics read{when}: {why}"
                     return
                 read, last = read + 1, item[1]
                 yield item
