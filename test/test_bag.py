@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +194,7 @@ def expected_point(depth_m: np.ndarray, u: float, v: float, window: int = 5):
     """Independent deprojection: median valid depth in the window, pinhole with the Motorcycle intrinsics."""
     from affordance_clip_ros.ros.harness import MOTORCYCLE_CX, MOTORCYCLE_CY, MOTORCYCLE_F
 
-    half, u, v = window // 2, int(round(u)), int(round(v))
+    half, u, v = window // 2, round(u), round(v)
     patch = depth_m[max(0, v - half):v + half + 1, max(0, u - half):u + half + 1]
     patch = patch[np.isfinite(patch)]
     if not patch.size:
@@ -215,7 +214,7 @@ def test_every_frame_is_grounded_and_written_with_its_stamp_header_prompts_and_3
     out, video = tmp_path / "out", tmp_path / "overlay.mp4"
     caplog.set_level(logging.INFO, logger="affordance_clip_ros")
     assert main(["bag", str(rec.path), "--image-topic", image_topic, "--depth-topic", DEPTH_TOPIC,
-                 "--camera-info-topic", INFO_TOPIC, *sum((["-p", p] for p in PROMPTS), []), "--out", str(out),
+                 "--camera-info-topic", INFO_TOPIC, *[arg for p in PROMPTS for arg in ("-p", p)], "--out", str(out),
                  "--video", str(video), "--storage", storage, "--batch-size", "4", "--backend", backend,
                  *TINY_ARGS]) == 0
     assert (out / "metadata.yaml").is_file()
@@ -376,7 +375,7 @@ def test_ctrl_c_leaves_a_complete_readable_bag_with_the_frames_done(tmp_path):
     rec = write_camera_bag(tmp_path / "recording", "sqlite3", "raw", "32FC1", frames=60)
     out = tmp_path / "out"
     proc = run_without_ros([str(rec.path), "--image-topic", IMAGE_TOPIC, "-p", "hold", "--out", str(out),
-                            "--storage", "sqlite3", "--batch-size", "1"])
+                            "--storage", "sqlite3", "--batch-size", "2"])
     err: list[str] = []
     progressed = threading.Event()
 
@@ -395,7 +394,7 @@ def test_ctrl_c_leaves_a_complete_readable_bag_with_the_frames_done(tmp_path):
     assert proc.wait(120) == 130, "".join(err)
     reader.join(10)
     text = "".join(err)
-    assert "interrupted: the frames processed so far are in the output bag" in text
+    assert "interrupted: the output bag holds the frames read so far, each with its result" in text
     bag = read_bag(out)  # metadata.yaml and the database are complete
     results = bag[f"{OUT}/result"]
     assert 3 <= len(results) < 59

@@ -32,10 +32,10 @@ def test_pip_wheel_holds_the_library_configs_and_command(tmp_path):
     assert "affordance-clip = affordance_clip_ros.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
     # Installed, the bag command finds the definitions in the prefix's share/.
     prefix = tmp_path / "prefix"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix",
+                    str(prefix), str(wheel)], check=True, capture_output=True)
     [site] = prefix.glob("lib/python*/site-packages")
-    found = subprocess.run([sys.executable, "-c", "from affordance_clip_ros.bag.types import message_folder; "
-                            "print(message_folder())"], check=True, capture_output=True, text=True,
+    code = "from affordance_clip_ros.bag.types import message_folder; print(message_folder())"
+    found = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path).stdout.strip()
     assert Path(found) == prefix / "share" / "affordance_clip_ros" / "msg"

@@ -47,25 +47,25 @@ def check_topics(available: dict[str, TopicInfo], settings: Settings) -> dict[st
 
 @contextlib.contextmanager
 def stop_on_ctrl_c():
-    """An event Ctrl-C sets: the run stops after the frames in hand and closes the output bag.
-    A second Ctrl-C raises KeyboardInterrupt as usual."""
+    """An event Ctrl-C sets: the run stops reading, finishes the frames it has read and closes the
+    output bag. A second Ctrl-C raises KeyboardInterrupt as usual."""
     stop = threading.Event()
 
     def request_stop(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        log.warning("Ctrl-C: stopping after the frames in hand (again to stop at once)")
+        log.warning("Ctrl-C: finishing the frames already read, then closing the output bag (again to stop at once)")
 
     try:
         previous = signal.signal(signal.SIGINT, request_stop)
     except ValueError:  # not the main thread: no handler, the run goes to the end
-        previous = None
+        yield stop
+        return
     try:
         yield stop
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

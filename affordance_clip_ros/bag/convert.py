@@ -70,8 +70,8 @@ class Summary:
         model_fps = self.frames / self.model_s if self.model_s else 0.0
         overall = self.frames / self.wall_s if self.wall_s else 0.0
         lines = [f"frames: {self.frames} processed, {sum(self.skipped.values())} skipped",
-                 f"model: {model_fps:.2f} frames/s ({self.model_s:.1f} s); whole command: {overall:.2f} frames/s "
-                 f"({self.wall_s:.1f} s)"]
+                 (f"model: {model_fps:.2f} frames/s ({self.model_s:.1f} s); "
+                  f"whole command: {overall:.2f} frames/s ({self.wall_s:.1f} s)")]
         lines += [f"peak found for '{p}': {self.peaks_found[p]} of {self.frames} frames" for p in self.prompts]
         if self.with_3d or self.without_3d:
             lines.append(f"3D contact points: {self.with_3d} frames, none for {sum(self.without_3d.values())}")
@@ -82,8 +82,8 @@ class Summary:
         if self.stopped:
             lines.append(f"the bag is damaged, read up to: {self.stopped}")
         if self.interrupted:
-            lines.append("interrupted: the frames processed so far are in the output bag, which is complete and "
-                         "readable")
+            lines.append("interrupted: the output bag holds the frames read so far, each with its result, and is "
+                         "complete and readable")
         return lines
 
 
@@ -141,8 +141,7 @@ class BagConverter:
                 if len(batch) >= s.batch_size:
                     self._process(batch, progress)
                     batch = []
-            else:  # the bag is read (as far as it can be): the frames still waiting too
-                self._process(batch + pairer.finish(), progress)
+            self._process(batch + pairer.finish(), progress)  # every frame read gets its result, also after Ctrl-C
         self.summary.wall_s = time.perf_counter() - start
         self.summary.stopped = bag.stopped
         return self.summary

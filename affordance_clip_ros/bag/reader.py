@@ -216,7 +216,7 @@ class BagReader:
             source.close()
         self._sources = []
 
-    def __enter__(self) -> "BagReader":
+    def __enter__(self) -> BagReader:
         return self
 
     def __exit__(self, *exc) -> None:
