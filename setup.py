@@ -3,6 +3,7 @@
 On a ROS 2 system the package is built by colcon through CMakeLists.txt instead, which also
 generates the ``affordance_clip_ros.msg`` interfaces.
 """
+from glob import glob
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -22,6 +23,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["affordance_clip_ros", "affordance_clip_ros.*"]),
     package_data={"affordance_clip_ros.model": ["configs/*.json"]},
+    # The message definitions, where a colcon install has them too: `affordance-clip bag` reads them.
+    data_files=[("share/affordance_clip_ros/msg", glob("msg/*.msg"))],
     install_requires=requirements(),
     entry_points={"console_scripts": ["affordance-clip = affordance_clip_ros.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""The `affordance-clip` command: infer, params, train, evaluate, benchmark, export, synth-refcoco."""
+"""The `affordance-clip` command: infer, bag, params, train, evaluate, benchmark, export, synth-refcoco."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from .model import CheckpointError, WeightsNotFoundError
 # Each module defines register(subparsers), which adds its subcommand with func=run(args) -> int.
 COMMAND_MODULES = (
     "affordance_clip_ros.infer",
+    "affordance_clip_ros.bag.command",
     "affordance_clip_ros.param_count",
     "affordance_clip_ros.training.command",
     "affordance_clip_ros.evaluation.command",

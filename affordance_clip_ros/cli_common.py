@@ -34,6 +34,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, precision: str = "auto"
                            help=f"{SPECS['prompt_templates'].description} (repeat to average several)")
 
 
+PEAK_OPTIONS = ("num_peaks", "peak_threshold", "peak_min_distance")
+
+
+def add_peak_arguments(parser: argparse.ArgumentParser) -> None:
+    """--num-peaks, --peak-threshold, --peak-min-distance and the overlay's --alpha, from the table."""
+    add_parameter_arguments(parser, PEAK_OPTIONS)
+    parser.add_argument("--alpha", type=float, default=SPECS["overlay_alpha"].default,
+                        help=f"{SPECS['overlay_alpha'].description} (default: {SPECS['overlay_alpha'].default})")
+
+
+def peak_settings(args: argparse.Namespace) -> dict:
+    """The GrounderConfig fields of :func:`add_peak_arguments`."""
+    return {name: getattr(args, name) for name in PEAK_OPTIONS}
+
+
 def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
     kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                   fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,

@@ -12,10 +12,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .cli_common import add_model_arguments, add_parameter_arguments, grounder_from_args
+from .cli_common import add_model_arguments, add_peak_arguments, grounder_from_args, peak_settings
 from .io import read_rgb
 from .model import AffordanceGrounder
-from .parameter_table import SPECS
 from .visualization import colorize, draw_overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -59,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     images = collect_images(args.images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    grounder = grounder_from_args(args, num_peaks=args.num_peaks, peak_threshold=args.peak_threshold,
-                                  peak_min_distance=args.peak_min_distance)
+    grounder = grounder_from_args(args, **peak_settings(args))
     records = []
     for path in tqdm(images, desc="infer", unit="img", disable=len(images) < 2):
         # Photos upright as viewers show them (EXIF orientation applied): CLIP sees objects the right
@@ -80,8 +78,6 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", "-p", action="append", dest="prompts", required=True,
                         help="action phrase, e.g. 'cut with' (repeat for several)")
     parser.add_argument("--out", "-o", required=True, help="output folder")
-    add_parameter_arguments(parser, ("num_peaks", "peak_threshold", "peak_min_distance"))
-    parser.add_argument("--alpha", type=float, default=SPECS["overlay_alpha"].default,
-                        help=SPECS["overlay_alpha"].description)
+    add_peak_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=run)

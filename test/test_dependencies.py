@@ -24,7 +24,8 @@ ROSDEP_KEYS = {
     "opencv-python-headless": "python3-opencv", "pillow": "python3-pil", "scikit-image": "python3-skimage",
     "scipy": "python3-scipy", "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib",
     "pyyaml": "python3-yaml", "onnxruntime": "python3-onnxruntime-pip",
-    "open-clip-torch": None, "safetensors": None, "pycocotools": None, "onnx": None,
+    "rosbags": "python3-rosbags-pip",
+    "open-clip-torch": None, "safetensors": None, "pycocotools": None, "onnx": None, "mcap": None,
 }
 TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis"}
 

@@ -295,14 +295,18 @@ class AffordanceGrounder(nn.Module):
 
     def predict(self, image: np.ndarray, prompts: Sequence[str]) -> list[AffordancePrediction]:
         """uint8 RGB H x W x 3 image and prompts -> one :class:`AffordancePrediction` per prompt."""
+        return self.predict_batch([image], prompts)[0]
+
+    def predict_batch(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[list[AffordancePrediction]]:
+        """Several images (any sizes) in one forward pass -> for each image, one
+        :class:`AffordancePrediction` per prompt (all prompts on every image)."""
         prompts = [p for p in prompts]
         if not prompts:
-            return []
-        [maps] = self.heatmap_tensors([image], prompts)
-        heatmaps = maps.cpu().numpy()
+            return [[] for _ in images]
         cfg = self.config
-        return [AffordancePrediction(p, h, find_peaks(h, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance))
-                for p, h in zip(prompts, heatmaps)]
+        return [[AffordancePrediction(p, h, find_peaks(h, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance))
+                 for p, h in zip(prompts, maps.cpu().numpy())]
+                for maps in self.heatmap_tensors(images, prompts)]
 
     @torch.inference_mode()
     def heatmaps(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[np.ndarray]:

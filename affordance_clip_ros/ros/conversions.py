@@ -1,4 +1,6 @@
-"""sensor_msgs/Image <-> numpy, exact and strict. No rclpy node here.
+"""sensor_msgs/Image <-> numpy, exact and strict. No rclpy node here, and no ROS import: the
+functions read any message with the sensor_msgs fields, rclpy's or a rosbags typestore's (the bag
+command runs without ROS); only :func:`numpy_to_image` builds an rclpy message.
 
 ``image_to_numpy`` validates the message's own description of its buffer (encoding, width,
 height, step, data length) before looking at a single pixel, so a malformed message gives a
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image as PILImage
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
+
+if TYPE_CHECKING:
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
 
 
 class ImageConversionError(ValueError):
@@ -162,17 +166,18 @@ def rgb_from_compressed(msg: CompressedImage, max_pixels: int) -> np.ndarray:
 
 def rgb_from_message(msg: Image | CompressedImage, max_pixels: int) -> np.ndarray:
     """Either kind of camera message -> uint8 RGB (H, W, 3); larger than ``max_pixels`` is refused
-    before any copy is made."""
-    if isinstance(msg, CompressedImage):
+    before any copy is made. A message with a ``format`` field is a CompressedImage."""
+    if hasattr(msg, "format"):
         return rgb_from_compressed(msg, max_pixels)
     if msg.width * msg.height > max_pixels:
         raise ImageConversionError(f"{msg.width}x{msg.height} is larger than {max_pixels} pixels")
     return rgb_from_image(msg)
 
 
-def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
-    """An array -> Image message with the given encoding (dtype and channels must match it),
-    tightly packed rows, the host's byte order."""
+def image_fields(array: np.ndarray, encoding: str) -> dict[str, Any]:
+    """The sensor_msgs/Image fields (all but the header) for an array with the given encoding
+    (dtype and channels must match it): tightly packed rows, the host's byte order, ``data`` as a
+    flat uint8 array."""
     enc = _encoding(encoding)
     expected_ndim = 2 if enc.channels == 1 else 3
     if array.ndim != expected_ndim or (enc.channels > 1 and array.shape[2] != enc.channels):
@@ -182,9 +187,17 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = Non
         raise ImageConversionError(f"array dtype {array.dtype} does not fit encoding '{encoding}' ({enc.dtype})")
     array = np.ascontiguousarray(array)
     height, width = array.shape[:2]
-    msg = Image(height=height, width=width, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
-                step=width * enc.channels * enc.dtype.itemsize)
+    return dict(height=height, width=width, encoding=encoding, is_bigendian=int(_HOST_BIG_ENDIAN),
+                step=width * enc.channels * enc.dtype.itemsize, data=array.reshape(-1).view(np.uint8))
+
+
+def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = None) -> Image:
+    """An array -> rclpy Image message with the given encoding (see :func:`image_fields`)."""
+    from sensor_msgs.msg import Image  # rclpy's message class: only this function needs ROS
+
+    fields = image_fields(array, encoding)
+    msg = Image(**{name: value for name, value in fields.items() if name != "data"})
     if header is not None:
         msg.header = header
-    msg.data = array.tobytes()
+    msg.data = fields["data"].tobytes()
     return msg

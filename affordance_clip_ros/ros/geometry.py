@@ -139,3 +139,16 @@ def deproject_pixels(pixels: Sequence[tuple[float, float]], depth_m: np.ndarray,
         z = window_median(depth_m, int(round(u)), int(round(v)), window)
         points.append(deprojector.deproject(float(u), float(v), z) if math.isfinite(z) else None)
     return points
+
+
+def peak_points(pixels_per_prompt: Sequence[Sequence[tuple[float, float]]], depth_m: np.ndarray, info,
+                image_shape: tuple[int, int], window: int) -> list[list[tuple[float, float, float] | None]]:
+    """3D points of every prompt's peaks (:func:`deproject_pixels`) from a depth image in metres
+    and its CameraInfo. :class:`DepthError` when depth or CameraInfo do not fit the image, or when
+    there are peaks but none of them has a valid depth."""
+    deprojector = Deprojector(info)
+    check_frame(image_shape, depth_m.shape, deprojector.intrinsics)
+    points = [deproject_pixels(pixels, depth_m, deprojector, window) for pixels in pixels_per_prompt]
+    if any(pixels_per_prompt) and not any(pt for pts in points for pt in pts):
+        raise DepthError("no valid depth (0, NaN, inf or negative) around any contact point")
+    return points

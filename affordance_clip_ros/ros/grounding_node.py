@@ -52,7 +52,7 @@ from . import node_parameters
 from .compat import MessageInfo, fastdds_profile_variable
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
 from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, LossWindow, ThrottledLog, stamp_ns
-from .geometry import DepthError, Deprojector, check_frame, depth_to_metres, deproject_pixels
+from .geometry import DepthError, depth_to_metres, peak_points
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
 from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
                        result_message)
@@ -315,13 +315,8 @@ class GroundingNode(Node):
                 raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
             self._warn_other_frame(msg, depth_msg, info)
             depth_m = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
-            deprojector = Deprojector(info)
-            check_frame(shape, depth_m.shape, deprojector.intrinsics)
-            points = [deproject_pixels([(p.u, p.v) for p in pred.peaks], depth_m, deprojector, s.depth_window)
-                      for pred in predictions]
-            if any(pred.peaks for pred in predictions) and not any(pt for pts in points for pt in pts):
-                raise DepthError("no valid depth (0, NaN, inf or negative) around any contact point")
-            return points
+            return peak_points([[(p.u, p.v) for p in pred.peaks] for pred in predictions], depth_m, info, shape,
+                               s.depth_window)
         except (DepthError, ImageConversionError) as e:
             self.stats.count("no_depth")
             self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")

@@ -21,14 +21,27 @@ MAX_INFERENCE_SIDE = 1920
 def predict_any_size(grounder: AffordanceGrounder, rgb: np.ndarray, prompts, max_side: int = MAX_INFERENCE_SIDE
                      ) -> tuple[list[AffordancePrediction], bool]:
     """(predictions at the frame's resolution, whether the frame was downscaled for inference)."""
+    [(predictions, downscaled)] = predict_frames(grounder, [rgb], prompts, max_side)
+    return predictions, downscaled
+
+
+def predict_frames(grounder: AffordanceGrounder, frames, prompts, max_side: int = MAX_INFERENCE_SIDE
+                   ) -> list[tuple[list[AffordancePrediction], bool]]:
+    """Several frames in one forward pass: for each, (predictions at the frame's resolution,
+    whether it was downscaled for inference)."""
+    inputs = [_fit(rgb, max_side) for rgb in frames]
+    batch = grounder.predict_batch(inputs, prompts)
+    return [([_to_size(p, *rgb.shape[:2]) for p in predictions], True) if small is not rgb else (predictions, False)
+            for rgb, small, predictions in zip(frames, inputs, batch)]
+
+
+def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """The frame itself, or a copy whose long side is ``max_side``."""
     height, width = rgb.shape[:2]
     if max(height, width) <= max_side:
-        return grounder.predict(rgb, prompts), False
+        return rgb
     scale = max_side / max(height, width)
-    small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA)
-    predictions = grounder.predict(small, prompts)
-    return [_to_size(p, height, width) for p in predictions], True
+    return cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
 
 
 def _to_size(prediction: AffordancePrediction, height: int, width: int) -> AffordancePrediction:

@@ -1,13 +1,15 @@
 """Building the node's output messages from predictions (pure: no node, no publishing).
 
-Every message built here carries the header of the input image it was computed from.
+The result messages come from ``result_messages`` with rclpy's message classes; markers and
+diagnostics are built here. Every message built here carries the header of the input image it
+was computed from.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
-import numpy as np
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PointStamped
@@ -16,9 +18,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ..model.grounder import AffordancePrediction
 from ..msg import AffordanceMap, AffordanceResult, ContactPoint
+from . import result_messages
 from .conversions import numpy_to_image
-
-Point3 = tuple[float, float, float]
+from .result_messages import Point3, best_point
 
 # One colour per prompt (RGBA 0..1), cycled: markers of different prompts stay apart in RViz.
 PALETTE = ((0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.76, 0.03), (0.61, 0.15, 0.69),
@@ -26,48 +28,15 @@ PALETTE = ((0.95, 0.26, 0.21), (0.13, 0.59, 0.95), (0.30, 0.69, 0.31), (1.0, 0.7
 SPHERE_DIAMETER_M = 0.03
 TEXT_HEIGHT_M = 0.03
 
-
-def heatmap_image(heatmap: np.ndarray, header: Header):
-    """float32 H x W map in [0, 1] -> 32FC1 Image with the input's header."""
-    return numpy_to_image(np.asarray(heatmap, dtype=np.float32), "32FC1", header)
-
-
-def contact_points(prediction: AffordancePrediction, points: Sequence[Point3 | None] | None) -> list[ContactPoint]:
-    """The prediction's peaks (best first) with their 3D point where one is known."""
-    out = []
-    for i, peak in enumerate(prediction.peaks):
-        point = points[i] if points is not None and i < len(points) else None
-        cp = ContactPoint(u=float(peak.u), v=float(peak.v), score=float(peak.score), has_point=point is not None)
-        if point is not None:
-            cp.point = Point(x=float(point[0]), y=float(point[1]), z=float(point[2]))
-        out.append(cp)
-    return out
-
-
-def result_message(header: Header, predictions: Sequence[AffordancePrediction],
-                   points: Sequence[Sequence[Point3 | None] | None], inference_ms: float,
-                   heatmap_msgs: Sequence[Any] | None = None) -> AffordanceResult:
-    """One AffordanceMap per prompt, in prompt order. ``heatmap_msgs`` reuses already built
-    heatmap Images (e.g. the one published on ~/heatmap) instead of converting again."""
-    maps = []
-    for i, prediction in enumerate(predictions):
-        image = heatmap_msgs[i] if heatmap_msgs is not None and i < len(heatmap_msgs) else None
-        maps.append(AffordanceMap(prompt=prediction.prompt,
-                                  heatmap=image if image is not None else heatmap_image(prediction.heatmap, header),
-                                  peaks=contact_points(prediction, points[i] if i < len(points) else None)))
-    return AffordanceResult(header=header, maps=maps, inference_ms=float(inference_ms))
-
-
-def best_point(points: Sequence[Sequence[Point3 | None] | None]) -> Point3 | None:
-    """The first prompt's best peak that has a 3D point (peaks are sorted best first)."""
-    for point in (points[0] or []) if points else []:
-        if point is not None:
-            return point
-    return None
-
-
-def point_stamped(header: Header, point: Point3) -> PointStamped:
-    return PointStamped(header=header, point=Point(x=float(point[0]), y=float(point[1]), z=float(point[2])))
+RCLPY_TYPES = result_messages.MessageTypes(image=numpy_to_image, Point=Point, PointStamped=PointStamped,
+                                           ContactPoint=ContactPoint, AffordanceMap=AffordanceMap,
+                                           AffordanceResult=AffordanceResult)
+heatmap_image = functools.partial(result_messages.heatmap_image, RCLPY_TYPES)
+contact_points = functools.partial(result_messages.contact_points, RCLPY_TYPES)
+result_message = functools.partial(result_messages.result_message, RCLPY_TYPES)
+point_stamped = functools.partial(result_messages.point_stamped, RCLPY_TYPES)
+__all__ = ["best_point", "contact_points", "diagnostics_message", "heatmap_image", "marker_array", "point_stamped",
+           "result_message"]
 
 
 def marker_array(header: Header, predictions: Sequence[AffordancePrediction],
