@@ -64,7 +64,8 @@ def test_fpn_levels_output_stride_and_odd_sizes(tiny_clip, levels, stride):
 
 def test_predict_shapes_range_and_sorted_peaks(tiny_grounder, coffee):
     # threshold 0: random weights score every pixel alike, near the same value
-    grounder = AffordanceGrounder(tiny_grounder.clip, None, dataclasses.replace(tiny_grounder.config, peak_threshold=0.0))
+    config = dataclasses.replace(tiny_grounder.config, peak_threshold=0.0)
+    grounder = AffordanceGrounder(tiny_grounder.clip, None, config)
     preds = grounder.predict(coffee, ["drink with", "hold"])
     assert [p.prompt for p in preds] == ["drink with", "hold"]
     for pred in preds:
