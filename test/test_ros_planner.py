@@ -111,7 +111,9 @@ def test_ground_a_given_image_with_its_own_prompts_leaves_the_stream_prompts(gro
         assert (m.heatmap.height, m.heatmap.width, m.heatmap.encoding, m.scale) == (400, 600, "32FC1", 1.0)
         assert m.heatmap.header == header
     assert client.get_parameters("prompts") == {"prompts": STREAM_PROMPTS}
-    assert client.next_result(10.0).maps[0].prompt == STREAM_PROMPTS  # the stream goes on with its prompts
+    client.clear()
+    streamed = client.stream_until(lambda: list(client.results), coffee, timeout=30.0)
+    assert streamed and streamed[0].maps[0].prompt == STREAM_PROMPTS  # the stream goes on with its prompts
 
 
 def test_ground_the_next_camera_frame_with_its_depth_gives_normals(grounding, motorcycle):
