@@ -45,7 +45,9 @@ def metadata(grounder: AffordanceGrounder, dynamic: bool) -> dict[str, str]:
             "preprocessing": "RGB/255, letterbox (scale longest side, centre, pad 0 after normalisation), "
                              "(x - mean) / std",
             "heatmap": "sigmoid(einsum('bchw,nc->bnhw', pixel_embeddings, text)) for the FPN; "
-                       "per-map min-max for the training-free head"}
+                       "for the training-free head, per pixel sigmoid(s * l_prompt - logsumexp(s * l_background)) "
+                       "with s = min(CLIP's logit scale, 100) and l the cosine similarities with the prompt and the "
+                       f"background phrases {list(cfg.background_prompts)}"}
 
 
 def verification_inputs(input_size: int, dynamic: bool) -> list[torch.Tensor]:

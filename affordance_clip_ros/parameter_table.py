@@ -12,11 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .model.calibration import DEFAULT_BACKGROUND_PROMPTS, validate_background_prompts
 from .model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS
 from .model.templates import validate_templates
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "auto")
 IMAGE_TRANSPORTS = ("raw", "compressed")
+RESULT_ENCODINGS = ("32FC1", "mono8")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -64,6 +66,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("prompts", "", "action phrases separated by ';' (also set by /affordance/query); empty = idle"),
     ParamSpec("prompt_templates", ["{}"], "prompt templates with one '{}' for the phrase, embeddings averaged; "
               "default: the bare phrase"),
+    ParamSpec("background_prompts", list(DEFAULT_BACKGROUND_PROMPTS),
+              "training-free head: phrases each prompt competes with per pixel (softmax at CLIP's logit scale); "
+              "a score is the prompt's probability against them, whatever else is in the frame"),
     ParamSpec("num_peaks", 5, "contact points per prompt (0 = none)", range=(0, 50, 1)),
     ParamSpec("peak_threshold", 0.3, "minimum heatmap value of a contact point", range=(0.0, 1.0, 0.0)),
     ParamSpec("peak_min_distance", 20, "minimum distance between contact points, pixels of the input image",
@@ -75,9 +80,16 @@ PARAMS: tuple[ParamSpec, ...] = (
               range=(0.0, 10.0, 0.0)),
     ParamSpec("depth_window", 5, "side of the square window whose median valid depth a contact point gets, "
               "pixels (odd)", range=(1, 51, 2)),
+    ParamSpec("normal_window", 15, "side of the square window whose valid depths a plane is fitted to for a "
+              "contact point's surface normal, pixels (odd)", range=(3, 101, 2)),
     # --- outputs and input ---
     ParamSpec("publish_overlay", True, "publish ~/overlay (bgr8 heatmap blended on the image)"),
     ParamSpec("overlay_alpha", 0.5, "heatmap weight in the overlay", range=(0.0, 1.0, 0.0)),
+    ParamSpec("result_max_side", 0, "longest side of the maps in ~/result, pixels (smaller maps are not "
+              "enlarged); 0 = the input image's resolution. Peaks are found on the full-resolution map",
+              range=(0, 8192, 1)),
+    ParamSpec("result_encoding", "32FC1", "encoding of the maps in ~/result: 32FC1 (float) or mono8 "
+              "(round(255 * score), a quarter of the size)", choices=RESULT_ENCODINGS),
     ParamSpec("image_qos", "auto",
               "image, depth and camera_info subscription reliability: auto (match the publishers: reliable "
               "when they all are, else best effort), sensor_data (best effort), or reliable",
@@ -87,6 +99,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               read_only=True, choices=IMAGE_TRANSPORTS),
     ParamSpec("max_rate_hz", 0.0, "most frames processed per second; 0 = as fast as the model runs",
               range=(0.0, 1000.0, 0.0)),
+    ParamSpec("ground_timeout_s", 5.0, "~/ground requests with timeout_s 0: seconds to wait for the answer "
+              "(a camera frame and the inference)", range=(0.0, 3600.0, 0.0)),
 )
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMS}
 MODEL_PARAMS = tuple(spec.name for spec in PARAMS if spec.model)
@@ -106,6 +120,11 @@ def check_value(name: str, value: Any) -> str | None:
             validate_templates(list(value))
         except ValueError as e:
             return str(e)
-    if name == "depth_window" and int(value) % 2 == 0:
-        return f"depth_window must be odd, got {value}"
+    if name == "background_prompts":
+        try:
+            validate_background_prompts(list(value))
+        except ValueError as e:
+            return str(e)
+    if name in ("depth_window", "normal_window") and int(value) % 2 == 0:
+        return f"{name} must be odd, got {value}"
     return None

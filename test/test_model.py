@@ -1,6 +1,7 @@
 """Core model: CLIP features, FPN, training-free head, grounder geometry, text cache, checkpoints, weights."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -62,12 +63,15 @@ def test_fpn_levels_output_stride_and_odd_sizes(tiny_clip, levels, stride):
 
 
 def test_predict_shapes_range_and_sorted_peaks(tiny_grounder, coffee):
-    preds = tiny_grounder.predict(coffee, ["drink with", "hold"])
+    # threshold 0: random weights score every pixel alike, near the same value
+    config = dataclasses.replace(tiny_grounder.config, peak_threshold=0.0)
+    grounder = AffordanceGrounder(tiny_grounder.clip, None, config)
+    preds = grounder.predict(coffee, ["drink with", "hold"])
     assert [p.prompt for p in preds] == ["drink with", "hold"]
     for pred in preds:
         assert pred.heatmap.shape == coffee.shape[:2] and pred.heatmap.dtype == np.float32
         assert 0.0 <= pred.heatmap.min() and pred.heatmap.max() <= 1.0
-        assert pred.peaks, "a training-free map is min-max scaled, so its maximum 1.0 is a peak"
+        assert pred.peaks, "a map that is not flat has a maximum above 0"
         scores = [p.score for p in pred.peaks]
         assert scores == sorted(scores, reverse=True)
         for peak in pred.peaks:

@@ -52,16 +52,20 @@ from std_msgs.msg import Header
 import affordance_clip_ros
 from affordance_clip_ros import msg as pkg_msg
 from affordance_clip_ros.msg import AffordanceMap, AffordanceResult, ContactPoint
+from affordance_clip_ros.srv import Ground
 
-# The messages of docs/ros.md, in declaration order, as rosidl names the types.
+# The messages and the service of docs/ros.md, in declaration order, as rosidl names the types.
 EXPECTED_FIELDS = {
     ContactPoint: {"u": "float", "v": "float", "score": "float", "has_point": "boolean",
-                   "point": "geometry_msgs/Point"},
-    AffordanceMap: {"prompt": "string", "heatmap": "sensor_msgs/Image",
+                   "point": "geometry_msgs/Point", "has_normal": "boolean", "normal": "geometry_msgs/Vector3"},
+    AffordanceMap: {"prompt": "string", "heatmap": "sensor_msgs/Image", "scale": "float",
                     "peaks": "sequence<affordance_clip_ros/ContactPoint>"},
     AffordanceResult: {"header": "std_msgs/Header",
                        "maps": "sequence<affordance_clip_ros/AffordanceMap>",
                        "inference_ms": "float"},
+    Ground.Request: {"prompts": "sequence<string>", "image": "sensor_msgs/Image", "depth": "sensor_msgs/Image",
+                     "camera_info": "sensor_msgs/CameraInfo", "timeout_s": "float", "camera": "string"},
+    Ground.Response: {"success": "boolean", "message": "string", "result": "affordance_clip_ros/AffordanceResult"},
 }
 
 

@@ -1,5 +1,5 @@
 """Depth -> 3D (affordance_clip_ros.ros.geometry): units, invalid pixels, window medians,
-pinhole deprojection, on synthetic data and on the real Middlebury "Motorcycle" RGB-D frame.
+pinhole deprojection, surface normals, on synthetic data and on the real Middlebury "Motorcycle" RGB-D frame.
 
     bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_ros_geometry.py
 """
@@ -16,7 +16,7 @@ import skimage.data
 from sensor_msgs.msg import CameraInfo
 
 from affordance_clip_ros.ros.geometry import (DepthError, Deprojector, Intrinsics, check_frame,
-                                              depth_to_metres, deproject_pixels, window_median)
+                                              depth_to_metres, deproject_pixels, surface_normals, window_median)
 
 # Middlebury 2014 "Motorcycle" calibration, at the 1/4 scale scikit-image ships.
 F = 3979.911 / 4
@@ -136,3 +136,66 @@ def test_motorcycle_16uc1_matches_32fc1_within_a_millimetre():
     back = depth_to_metres(mm, "16UC1")
     assert np.array_equal(np.isnan(back), np.isnan(depth))
     assert np.nanmax(np.abs(back - depth)) <= 0.0005 + 1e-6
+
+
+# --- surface normals -------------------------------------------------------------------------
+
+def tilted_plane_depth(normal, distance_m: float, intrinsics: Intrinsics, width: int, height: int) -> np.ndarray:
+    """Depth (metres) of the plane {X : normal . X = -distance_m} seen by a pinhole camera: the
+    ray through pixel (u, v) is r = ((u - cx) / fx, (v - cy) / fy, 1) and meets it at z = -d / (n . r)."""
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    n = np.asarray(normal, dtype=np.float64)
+    rays_dot_n = n[0] * (u - intrinsics.cx) / intrinsics.fx + n[1] * (v - intrinsics.cy) / intrinsics.fy + n[2]
+    return (-distance_m / rays_dot_n).astype(np.float32)
+
+
+def angle_deg(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return math.degrees(math.acos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1.0, 1.0)))
+
+
+@pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
+def test_tilted_plane_normal_within_two_degrees_also_at_the_borders(encoding):
+    """A plane tilted 35 degrees about x and 20 about y, 1.2 m away, 640x480 at fx = fy = 600:
+    the fitted normal is within 2 degrees of the true one at the centre, the corners and the edges,
+    from float metres and from millimetre (16UC1) depth."""
+    width, height = 640, 480
+    intrinsics = Intrinsics(600.0, 600.0, 319.5, 239.5, width, height)
+    true = np.array([math.sin(math.radians(20)), math.sin(math.radians(35)), -1.0])
+    true /= np.linalg.norm(true)  # facing the camera: n . X < 0 for points in front of it
+    depth = tilted_plane_depth(true, 1.2, intrinsics, width, height)
+    assert np.isfinite(depth).all() and (depth > 0.5).all() and (depth < 3.0).all()
+    if encoding == "16UC1":
+        depth = depth_to_metres(np.rint(depth * 1000).astype(np.uint16), "16UC1")
+    pixels = [(320, 240), (0, 0), (639, 0), (0, 479), (639, 479), (320, 0), (0, 240), (639, 240), (320, 479)]
+    normals = surface_normals(pixels, depth, intrinsics, window=15)
+    errors = [angle_deg(n, true) for n in normals]
+    assert max(errors) < 2.0, errors
+    for n in normals:
+        assert abs(np.linalg.norm(n) - 1.0) < 1e-6
+
+
+def test_motorcycle_normals_are_unit_and_face_the_camera():
+    """The real Middlebury RGB-D frame: every normal found is a unit vector pointing back towards
+    the camera (n . p < 0 at its 3D point), and most pixels with valid depth get one."""
+    _, depth = motorcycle_depth_m()
+    deprojector = Deprojector(camera_info())
+    height, width = depth.shape
+    pixels = [(u, v) for v in range(10, height, 37) for u in range(10, width, 41) if math.isfinite(depth[v, u])]
+    normals = surface_normals(pixels, depth, deprojector.intrinsics, window=15)
+    points = deproject_pixels(pixels, depth, deprojector, 5)
+    found = [(n, p) for n, p in zip(normals, points) if n is not None and p is not None]
+    assert len(found) > 0.8 * len(pixels) > 50
+    for n, p in found:
+        assert abs(np.linalg.norm(n) - 1.0) < 1e-6
+        assert np.dot(n, p) < 0
+
+
+def test_depth_holes_give_no_normal_and_no_error():
+    intrinsics = Intrinsics(500.0, 500.0, 50.0, 40.0, 100, 80)
+    depth = np.full((80, 100), np.nan, np.float32)
+    depth[40, :] = 1.0  # one valid row: points on a line, no plane
+    depth[10, 10] = depth[11, 12] = 1.0  # too few points
+    pixels = [(50, 40), (10, 10), (70, 20), (-5, 3), (100, 80), (99.6, 79.6)]
+    assert surface_normals(pixels, depth, intrinsics, window=15) == [None] * len(pixels)
+    assert surface_normals([], depth, intrinsics, window=15) == []

@@ -82,7 +82,21 @@ def test_latest_slot_keeps_the_newest_and_never_blocks_put():
     worker.join(2)
     assert taken[0].msg == "x"
     slot.close()
-    assert slot.take() is None and slot.wait_closed(0)
+    assert slot.take() is None
+
+
+def test_latest_slot_takes_frames_and_requests_in_turn_and_rate_limits_frames_only():
+    slot = LatestSlot()
+    for i in range(3):
+        slot.put_request(f"r{i}")
+    slot.put(Frame("f0", 0.0))
+    assert [getattr(item, "msg", item) for item in (slot.take(0), slot.take(0))] == ["r0", "f0"]
+    slot.put(Frame("f1", 0.0))
+    later = time.monotonic() + 0.3
+    assert slot.take(0, frames_from=later) == "r1"  # the frame waits for its turn, a request does not
+    assert slot.take(0, frames_from=later) == "r2"
+    start = time.monotonic()
+    assert slot.take(1.0, frames_from=later).msg == "f1" and time.monotonic() >= later > start
 
 
 def _depth_msg(stamp_ns: int) -> Image:

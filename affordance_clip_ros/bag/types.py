@@ -58,6 +58,7 @@ def message_types(store) -> MessageTypes:
     def image(array, encoding: str, header):
         return image_class(header=header, **image_fields(array, encoding))
 
-    return MessageTypes(image=image, Point=t["geometry_msgs/msg/Point"], PointStamped=t[POINT_STAMPED],
+    return MessageTypes(image=image, Point=t["geometry_msgs/msg/Point"], Vector3=t["geometry_msgs/msg/Vector3"],
+                        PointStamped=t[POINT_STAMPED],
                         ContactPoint=t[f"{PACKAGE}/msg/ContactPoint"], AffordanceMap=t[f"{PACKAGE}/msg/AffordanceMap"],
                         AffordanceResult=t[RESULT])

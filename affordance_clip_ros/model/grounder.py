@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .calibration import DEFAULT_BACKGROUND_PROMPTS, background_softmax, validate_background_prompts
 from .checkpoint import load_fpn
 from .clip_backbone import FrozenCLIP
 from .fpn import AffordanceFPN, paired_pixel_text_logits, pixel_text_logits
@@ -42,6 +43,7 @@ class GrounderConfig:
     compile: str = "off"  # torch image path: off | default | reduce-overhead | max-autotune (CUDA graphs: last two)
     input_size: int = 416  # square letterboxed model input, a multiple of 32
     prompt_templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    background_prompts: tuple[str, ...] = DEFAULT_BACKGROUND_PROMPTS  # training-free head: what a prompt competes with
     num_peaks: int = 5
     peak_threshold: float = 0.3
     peak_min_distance: int = 20  # pixels of the input image
@@ -59,6 +61,7 @@ class GrounderConfig:
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {COMPILE_MODES}, got '{self.compile}'")
         object.__setattr__(self, "prompt_templates", validate_templates(self.prompt_templates))
+        object.__setattr__(self, "background_prompts", validate_background_prompts(self.background_prompts))
 
 
 @dataclass
@@ -126,9 +129,11 @@ def make_pixel_embedder(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
         return grounder.torch_pixel_embeddings if cfg.compile == "off" else compiled_image_path(grounder)
     from .onnx_backend import ImagePath, build_ort_image_path
 
-    def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:  # what int8 must reproduce (probability maps)
-        text = grounder.text_embeddings(FIDELITY_PROMPTS)
-        return grounder.probabilities(pixel_text_logits(embeddings, text)[0].float())
+    def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:  # what int8 must reproduce
+        # the FPN's probability maps; the training-free head's similarity maps, from which its
+        # calibrated scores follow (a map's background-phrase term would only add their noise)
+        logits = pixel_text_logits(embeddings, grounder.text_embeddings(FIDELITY_PROMPTS))[0].float()
+        return logits.sigmoid_() if grounder.fpn is not None else logits
 
     return build_ort_image_path(ImagePath(grounder.clip, grounder.fpn), cfg.input_size, cfg.precision,
                                 cfg.engine_cache_dir, cacheable=cfg.clip_pretrained != "none", heatmaps=heatmaps)
@@ -269,14 +274,28 @@ class AffordanceGrounder(nn.Module):
             return self.fpn(features)
         return self.clip.dense_embeddings(features.f3)
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature (100 for OpenAI's weights)."""
+        return float(self.clip.model.logit_scale.exp())
+
+    def calibrate(self, dense: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Pixel embeddings (B, C, h, w) and their logits (B, N, h, w) -> float32 (B, N, h, w) at the
+        coarse grid: the FPN's logits, or, for the training-free head, each prompt's probability
+        against ``background_prompts`` (:func:`background_softmax`), which does not depend on the
+        rest of the frame."""
+        if self.fpn is not None:
+            return logits.float()
+        background = pixel_text_logits(dense, self.text_embeddings(self.config.background_prompts))
+        return background_softmax(logits, background, self.logit_scale)
+
     def probabilities(self, maps: torch.Tensor) -> torch.Tensor:
-        """float32 logits (N, H, W), overwritten -> values in [0, 1]: sigmoid for the trained FPN (as
-        trained), per-map min-max for the training-free head, whose cosine similarities have no
-        calibrated scale."""
+        """float32 maps from :meth:`calibrate` (resampled to the image), overwritten -> values in
+        [0, 1]: the sigmoid for the trained FPN (as trained); the training-free head's are
+        probabilities already (clamped against resampling round-off)."""
         if self.fpn is not None:
             return maps.sigmoid_()
-        low, high = torch.aminmax(maps.flatten(1), dim=1)
-        return maps.sub_(low[:, None, None]).div_((high - low).clamp_min(1e-6)[:, None, None])
+        return maps.clamp_(0.0, 1.0)
 
     def _embed_images(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list]:
         tensors = [torch.from_numpy(_check_image(image)).to(self.device, non_blocking=True) for image in images]
@@ -290,8 +309,8 @@ class AffordanceGrounder(nn.Module):
         one resampling to the image size are added."""
         with self.autocast():
             dense, boxes = self._embed_images(images)
-            logits = pixel_text_logits(dense, self.text_embeddings(prompts))
-        return [self.probabilities(unletterbox(maps, box)) for maps, box in zip(logits, boxes)]
+            maps = self.calibrate(dense, pixel_text_logits(dense, self.text_embeddings(prompts)))
+        return [self.probabilities(unletterbox(m, box)) for m, box in zip(maps, boxes)]
 
     def predict(self, image: np.ndarray, prompts: Sequence[str]) -> list[AffordancePrediction]:
         """uint8 RGB H x W x 3 image and prompts -> one :class:`AffordancePrediction` per prompt."""
@@ -318,8 +337,8 @@ class AffordanceGrounder(nn.Module):
         text = self.text_embeddings(unique)[[unique.index(p) for p in prompts]]
         with self.autocast():
             dense, boxes = self._embed_images(images)
-            logits = paired_pixel_text_logits(dense, text)
-        return [self.probabilities(unletterbox(maps[None], box))[0].cpu().numpy() for maps, box in zip(logits, boxes)]
+            maps = self.calibrate(dense, paired_pixel_text_logits(dense, text)[:, None])
+        return [self.probabilities(unletterbox(m, box))[0].cpu().numpy() for m, box in zip(maps, boxes)]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

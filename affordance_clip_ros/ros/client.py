@@ -9,10 +9,18 @@ set the prompts, receive the results, change parameters, and (without a camera) 
         for m in result.maps:
             print(m.prompt, [(p.u, p.v, p.score) for p in m.peaks])
 
+A planner that needs one answer for its own prompts calls the ``~/ground`` service instead; it
+never changes the streaming prompts, and other clients may call it at the same time::
+
+    with GroundingClient(outputs=()) as client:
+        response = client.ground(["grasp"], timeout=10.0)  # the next camera frame
+        if response.success:
+            best = response.result.maps[0].peaks[0]             # u, v, score, point, normal
+
 The client has its own rclpy context and spins it on a background thread, so it works next to
 any other rclpy code in the process and needs no executor of the caller. Everything the node
-publishes is recorded in ``results``, ``heatmaps``, ``overlays``, ``contacts``, ``markers`` and
-``diagnostics`` (read them under ``lock`` or through :meth:`GroundingClient.wait_for`).
+publishes is recorded in ``results``, ``heatmaps``, ``overlays``, ``contacts``, ``poses``,
+``markers`` and ``diagnostics`` (read them under ``lock`` or through :meth:`GroundingClient.wait_for`).
 Images the client publishes go to ``image_topic`` (and depth / CameraInfo beside it): give the
 node the same topics (launch arguments ``image_topic``, ``depth_topic``, ``camera_info_topic``).
 Call :func:`use_fastdds_profile_here` before the first client when publishing camera-sized
@@ -30,7 +38,7 @@ import numpy as np
 import rclpy
 from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseArray
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
@@ -43,12 +51,13 @@ from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
 from ..msg import AffordanceResult
+from ..srv import Ground
 from .compat import fastdds_profile_set, fastdds_profile_variable
 from .conversions import numpy_to_image
 from .grounding_node import NODE_NAME, QUERY_TOPIC
 
 PACKAGE = "affordance_clip_ros"
-OUTPUTS = ("result", "heatmap", "overlay", "contact_point", "markers")  # the node's ~/ topics
+OUTPUTS = ("result", "heatmap", "overlay", "contact_point", "contact_poses", "markers")  # the node's ~/ topics
 
 
 def fastdds_profile_path() -> Path:
@@ -104,6 +113,7 @@ class GroundingClient:
         self.heatmaps: list[Image] = []
         self.overlays: list[Image] = []
         self.contacts: list[PointStamped] = []
+        self.poses: list[PoseArray] = []
         self.markers: list[MarkerArray] = []
         self.diagnostics: list[dict[str, str]] = []
 
@@ -120,12 +130,14 @@ class GroundingClient:
         out_qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
         recorded = {"result": (AffordanceResult, self.results), "heatmap": (Image, self.heatmaps),
                     "overlay": (Image, self.overlays), "contact_point": (PointStamped, self.contacts),
+                    "contact_poses": (PoseArray, self.poses),
                     "markers": (MarkerArray, self.markers)}
         for name in outputs:
             msg_type, store = recorded[name]
             self.node.create_subscription(msg_type, f"{self.output_prefix}/{name}", self._recorder(store), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.parameters = AsyncParameterClient(self.node, f"{self.output_prefix}")
+        self.ground_client = self.node.create_client(Ground, f"{self.output_prefix}/ground")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -179,7 +191,7 @@ class GroundingClient:
     def clear(self) -> None:
         with self.lock:
             for store in (self.results, self.result_arrivals, self.heatmaps, self.overlays, self.contacts,
-                          self.markers, self.diagnostics):
+                          self.poses, self.markers, self.diagnostics):
                 store.clear()
 
     def latest_diagnostics(self, timeout: float = 3.0, after: int | None = None) -> dict[str, str]:
@@ -241,6 +253,35 @@ class GroundingClient:
             raise TimeoutError("get_parameters did not answer")
         values = future.result().values
         return {n: Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)).value for n, v in zip(names, values)}
+
+    def ground(self, prompts: Iterable[str], image: np.ndarray | Image | None = None,
+               depth: np.ndarray | Image | None = None, camera_info: CameraInfo | None = None,
+               timeout: float = 10.0, camera: str = "", frame_id: str = "camera_optical_frame") -> Ground.Response:
+        """Call the node's ``~/ground`` service: one map per prompt, on ``image`` (an RGB uint8 array
+        or an Image) or, when None, on the camera's next frame (with its paired depth when the node
+        uses depth). ``depth``: aligned to ``image``, float32 metres or uint16 millimetres (or an
+        Image); ``camera_info``: its intrinsics (None: the camera's latest); ``camera``: which of the
+        node's cameras (empty: the first). The node waits
+        ``timeout`` seconds at most; the response says ``success`` and, if not, why (``message``).
+        TimeoutError when the service is not there or does not answer."""
+        header = self.header(frame_id=frame_id)
+        request = Ground.Request(prompts=list(prompts), timeout_s=float(timeout), camera=camera)
+        if image is not None:
+            request.image = image if isinstance(image, Image) else numpy_to_image(image, "rgb8", header)
+        if depth is not None:
+            encoding = "16UC1" if getattr(depth, "dtype", None) == np.uint16 else "32FC1"
+            request.depth = depth if isinstance(depth, Image) else numpy_to_image(depth, encoding, request.image.header)
+        if camera_info is not None:
+            request.camera_info = camera_info
+        if not self.ground_client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {self.ground_client.srv_name} not available")
+        future = self.ground_client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        if not done.wait(timeout + 5.0):  # the node answers by its own timeout; this covers transport
+            self.ground_client.remove_pending_request(future)
+            raise TimeoutError(f"service {self.ground_client.srv_name} did not answer within {timeout + 5.0:g} s")
+        return future.result()
 
     def node_subscription_reliability(self, topic: str | None = None):
         """Reliability of the grounding node's subscription to ``topic`` (the image topic), or None."""

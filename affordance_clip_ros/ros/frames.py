@@ -1,7 +1,8 @@
 """Small thread-safe pieces between the subscription callbacks and the inference worker.
 
 * :class:`LatestSlot`: holds the newest unprocessed frame; a new frame replaces an older one
-  (and is counted), so the worker always takes the newest and callbacks never wait.
+  (and is counted), so the worker always takes the newest and callbacks never wait. Beside it,
+  a queue of one-shot requests (~/ground), taken in turn with the frames.
 * :class:`DepthBuffer`: depth images waiting for their colour image, matched by stamp.
 * :class:`FrameStats`: counters and latency samples for /diagnostics.
 * :class:`ThrottledLog`: at most one message per reason and period, with a count of the rest.
@@ -27,11 +28,15 @@ class Frame:
 
 
 class LatestSlot:
-    """A one-frame mailbox: ``put`` never blocks, ``take`` waits for a frame or ``close``."""
+    """A one-frame mailbox plus a first-in first-out queue of requests: ``put`` and ``put_request``
+    never block; ``take`` waits for either (or ``close``). While both wait, frames and requests are
+    taken in turn, so requests never starve the stream and the stream never starves them."""
 
     def __init__(self):
         self._cond = threading.Condition()
         self._frame: Frame | None = None
+        self._requests: collections.deque = collections.deque()
+        self._request_next = True  # whose turn it is when both wait
         self._closed = False
         self.replaced = 0  # frames overwritten before the worker took them
 
@@ -44,17 +49,33 @@ class LatestSlot:
             self._cond.notify()
         return replaced
 
-    def take(self, timeout: float | None = None) -> Frame | None:
-        """The newest frame (removing it), or None on timeout or after :meth:`close`."""
+    def put_request(self, request: Any) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self._frame is not None or self._closed, timeout)
-            frame, self._frame = self._frame, None
-            return None if self._closed else frame
+            self._requests.append(request)
+            self._cond.notify()
 
-    def wait_closed(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` s, waking early when closed; True when closed."""
+    def take(self, timeout: float | None = None, frames_from: float = 0.0) -> Any:
+        """The newest frame (removing it) or the oldest request; None on timeout or after
+        :meth:`close`. A frame is not taken before ``time.monotonic()`` reaches ``frames_from``
+        (rate limit), a request at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self._closed, timeout)
+            while not self._closed:
+                now = time.monotonic()
+                frame_ready = self._frame is not None and now >= frames_from
+                if self._requests and (self._request_next or not frame_ready):
+                    self._request_next = False
+                    return self._requests.popleft()
+                if frame_ready:
+                    self._request_next = True
+                    frame, self._frame = self._frame, None
+                    return frame
+                waits = [t - now for t in (deadline, frames_from if self._frame is not None else None)
+                         if t is not None]
+                if deadline is not None and now >= deadline:
+                    return None
+                self._cond.wait(max(0.0, min(waits)) if waits else None)
+            return None
 
     def close(self) -> None:
         with self._cond:

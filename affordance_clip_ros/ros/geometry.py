@@ -4,6 +4,10 @@
   NaN/inf/0/negative = no reading), as in depth_image_proc. Out: float32 metres, NaN = invalid.
 * A peak's depth is the median of the valid depths in a small square window around it, which
   skips single dropouts and flying pixels at edges.
+* A peak's surface normal is the normal of the least-squares plane through the back-projected
+  valid depths of a wider square window around it (the smallest singular vector of the centred
+  points), turned to face the camera. Too few valid depths, or points on a line rather than a
+  plane, give no normal.
 * Deprojection uses the camera's intrinsics: image_geometry's ``PinholeCameraModel`` when it
   imports (a real ROS install) and the projection matrix P is valid, else the exact pinhole
   maths ``x = (u - cx) z / fx``, ``y = (v - cy) z / fy`` with P, or K when P is not filled in.
@@ -129,6 +133,54 @@ def check_frame(image_shape: tuple[int, int], depth_shape: tuple[int, int], intr
     if intrinsics.width and intrinsics.height and (intrinsics.height, intrinsics.width) != tuple(image_shape):
         raise DepthError(f"CameraInfo is for {intrinsics.width}x{intrinsics.height} but the image is "
                          f"{image_shape[1]}x{image_shape[0]}")
+
+
+MIN_PLANE_POINTS = 6
+# A plane needs spread in two directions: the second singular value of the centred points must be
+# at least this share of the first (points along one line, e.g. a 1-pixel edge, give no normal).
+MIN_PLANE_SPREAD = 0.05
+
+
+def window_points(depth_m: np.ndarray, u: int, v: int, window: int, intrinsics: Intrinsics) -> np.ndarray:
+    """(N, 3) points (metres, optical frame) of the valid depths in the ``window`` x ``window``
+    square centred on pixel (u, v), clipped at the image border."""
+    height, width = depth_m.shape
+    half = max(0, int(window) // 2)
+    top, left = max(0, v - half), max(0, u - half)
+    patch = depth_m[top:v + half + 1, left:u + half + 1]
+    rows, cols = np.nonzero(np.isfinite(patch))
+    z = patch[rows, cols].astype(np.float64)
+    x = (cols + left - intrinsics.cx) * z / intrinsics.fx
+    y = (rows + top - intrinsics.cy) * z / intrinsics.fy
+    return np.stack([x, y, z], axis=1)
+
+
+def plane_normal(points: np.ndarray) -> tuple[float, float, float] | None:
+    """Unit normal of the least-squares plane through (N, 3) points, facing the camera at the
+    origin (normal . centroid < 0); None for fewer than MIN_PLANE_POINTS or no plane."""
+    if len(points) < MIN_PLANE_POINTS:
+        return None
+    centroid = points.mean(axis=0)
+    _, singular, vt = np.linalg.svd(points - centroid, full_matrices=False)
+    if singular[0] <= 0 or singular[1] < MIN_PLANE_SPREAD * singular[0]:
+        return None
+    normal = vt[2] / np.linalg.norm(vt[2])
+    if normal @ centroid > 0:
+        normal = -normal
+    return (float(normal[0]), float(normal[1]), float(normal[2]))
+
+
+def surface_normals(pixels: Sequence[tuple[float, float]], depth_m: np.ndarray, intrinsics: Intrinsics,
+                    window: int) -> list[tuple[float, float, float] | None]:
+    """Unit surface normal (optical frame, facing the camera) at each pixel (u, v) from a plane fit
+    over the valid depths of the ``window`` x ``window`` square around it, or None."""
+    height, width = depth_m.shape
+    normals: list[tuple[float, float, float] | None] = []
+    for u, v in pixels:
+        u, v = int(round(u)), int(round(v))
+        inside = 0 <= u < width and 0 <= v < height
+        normals.append(plane_normal(window_points(depth_m, u, v, window, intrinsics)) if inside else None)
+    return normals
 
 
 def deproject_pixels(pixels: Sequence[tuple[float, float]], depth_m: np.ndarray, deprojector: Deprojector,

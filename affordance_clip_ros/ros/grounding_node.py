@@ -5,13 +5,15 @@
 
 Interface (docs/ros.md): subscribes ``image``, ``/affordance/query`` and, with
 ``use_depth``, ``depth`` + ``camera_info``; publishes ``~/result``, ``~/heatmap``, ``~/overlay``,
-``~/contact_point``, ``~/markers`` and ``/diagnostics``. Every output carries the input image's
+``~/contact_point``, ``~/contact_poses``, ``~/markers`` and ``/diagnostics``; serves ``~/ground``
+(one-shot grounding with the request's own prompts). Every output carries the input image's
 header.
 
 Threads: the main thread runs a single-threaded executor for the subscription callbacks, the
-timers and the parameter services; each callback only stores what arrived and returns. One
-worker thread owns the model: it takes the newest frame (a newer frame replaces an unprocessed
-one, which is counted), runs inference and publishes. (rclpy's MultiThreadedExecutor takes images
+timers, the parameter services and ~/ground; each callback only stores what arrived and returns
+(~/ground's yields until its answer is in). One worker thread owns the model: it takes the newest
+frame (a newer frame replaces an unprocessed one, which is counted), runs inference and
+publishes; ~/ground requests are taken in turn with the frames. (rclpy's MultiThreadedExecutor takes images
 late under load: see docs/ros.md, Latency.)
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import NoReturn
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseArray
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -47,15 +50,17 @@ from ..model.checkpoint import CheckpointError
 from ..model.grounder import AffordanceGrounder
 from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
+from ..srv import Ground
 from ..visualization import draw_overlay
 from . import node_parameters
 from .compat import MessageInfo, fastdds_profile_variable
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
 from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, LossWindow, ThrottledLog, stamp_ns
-from .geometry import DepthError, depth_to_metres, peak_points
+from .geometry import DepthError, Deprojector, depth_to_metres, peak_points, surface_normals
+from .ground_service import GroundRequest, NextSpin, parse_request
 from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
-from .messages import (best_point, diagnostics_message, heatmap_image, marker_array, point_stamped,
-                       result_message)
+from .messages import (best_point, contact_poses, diagnostics_message, heatmap_image, marker_array, point_stamped,
+                       result_heatmap, result_message)
 from .queries import NewestQueries, join_prompts, parse_prompts
 
 NODE_NAME = "affordance_grounding"
@@ -112,6 +117,8 @@ class GroundingNode(Node):
         self._worker: threading.Thread | None = None
         self._counts_seen: dict[str, int] = {}  # counters at the last /diagnostics
         self._last_image_at = time.monotonic()
+        self._awaiting_frame: list[GroundRequest] = []  # ~/ground requests for the next camera frame
+        self._awaiting_lock = threading.Lock()
 
         # The callbacks (sensors, prompts, timers, parameter services) run one at a time on the
         # executor's thread, beside the inference worker thread. Sensor callbacks only store the
@@ -124,9 +131,14 @@ class GroundingNode(Node):
         self._pub_overlay = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
         self._pub_contact = self.create_publisher(PointStamped, "~/contact_point", OUTPUT_QOS)
         self._pub_markers = self.create_publisher(MarkerArray, "~/markers", OUTPUT_QOS)
+        self._pub_poses = self.create_publisher(PoseArray, "~/contact_poses", OUTPUT_QOS)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._outputs = (self._pub_result, self._pub_heatmap, self._pub_overlay, self._pub_contact,
-                         self._pub_markers)
+                         self._pub_markers, self._pub_poses)
+        # A waiting ~/ground coroutine holds its callback group until it returns: in a group of its
+        # own, reentrant, so that the camera and the prompts (default group) and other requests go on.
+        self.create_service(Ground, "~/ground", self._on_ground, callback_group=ReentrantCallbackGroup())
+        self._answered = self.create_guard_condition(lambda: None)  # wakes the executor for a waiting ~/ground
 
         volatile_ok = SubscriptionEventCallbacks(incompatible_qos=lambda _event: None)  # the live one takes them
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS,
@@ -215,6 +227,8 @@ class GroundingNode(Node):
 
     def _on_image(self, msg: Image | CompressedImage) -> None:
         self.stats.count("received")
+        if self._awaiting_frame:
+            self._hand_frame_to_requests(msg)
         if not self.settings.prompts or not self._has_listeners():
             self.stats.count("idle")
             if self.settings.use_depth:  # nothing is paired while idle: depth too old for this frame goes
@@ -239,6 +253,37 @@ class GroundingNode(Node):
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
 
+    async def _on_ground(self, request: Ground.Request, response: Ground.Response) -> Ground.Response:
+        """~/ground: check the request, queue it (or wait for the next camera frame), then yield to
+        the executor until the worker answers or the timeout passes."""
+        try:
+            job = parse_request(request, self.settings.ground_timeout_s)
+        except ValueError as e:
+            response.success, response.message = False, str(e)
+            self.get_logger().warning(f"~/ground refused: {e}")
+            return response
+        if job.from_camera:
+            with self._awaiting_lock:
+                self._awaiting_frame.append(job)
+        else:
+            self._slot.put_request(job)
+        while not job.done.is_set():
+            if time.monotonic() >= job.deadline:
+                job.expire(self._sensor_subs["image"][0].topic_name)
+                break
+            await NextSpin()
+        with self._awaiting_lock:
+            if job in self._awaiting_frame:
+                self._awaiting_frame.remove(job)
+        return job.response
+
+    def _hand_frame_to_requests(self, msg) -> None:
+        with self._awaiting_lock:
+            waiting, self._awaiting_frame = self._awaiting_frame, []
+        for job in waiting:
+            if job.give_frame(msg):
+                self._slot.put_request(job)
+
     # ------------------------------------------------------------------ inference (worker thread)
     def _run_worker(self, built: "queue.Queue[StartupError | None]") -> None:
         try:
@@ -252,9 +297,12 @@ class GroundingNode(Node):
             return
         built.put(None)
         next_start = 0.0
-        while (frame := self._slot.take()) is not None:
+        while (item := self._slot.take(frames_from=next_start)) is not None:
+            if isinstance(item, GroundRequest):
+                self._serve(item)
+                continue
             try:
-                self._process(frame)
+                self._process(item)
             except Exception as e:  # one bad frame must never stop the node
                 if not self.context.ok():
                     return  # shutting down: publishers are gone
@@ -263,10 +311,7 @@ class GroundingNode(Node):
                                f"frame skipped, inference failed: {type(e).__name__}: {e}")
                 self.get_logger().debug(traceback.format_exc())
             rate = self.settings.max_rate_hz
-            if rate > 0:
-                next_start = max(next_start + 1.0 / rate, time.monotonic())
-                if self._slot.wait_closed(next_start - time.monotonic()):
-                    return
+            next_start = max(next_start + 1.0 / rate, time.monotonic()) if rate > 0 else 0.0
 
     def _process(self, frame: Frame) -> None:
         s, msg = self.settings, frame.msg
@@ -279,21 +324,72 @@ class GroundingNode(Node):
         if not s.prompts:  # cleared while this frame waited
             return
         depth = self._paired_depth(msg, s) if s.use_depth else None
+        predictions, inference_ms = self._infer(rgb, s.prompts, s)
+        points, normals = [], []
+        if s.use_depth:
+            try:
+                points, normals = self._camera_points(msg, depth, rgb.shape[:2], predictions, s)
+            except (DepthError, ImageConversionError) as e:
+                self.stats.count("no_depth")
+                self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")
+        points += [None] * (len(predictions) - len(points))
+        self._publish(msg.header, rgb, predictions, points, normals, inference_ms, s)
+        age_ns = self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)
+        self.stats.processed(age_ns / 1e6 if stamp_ns(msg.header.stamp) > 0 and age_ns >= 0 else None, inference_ms)
+
+    def _infer(self, rgb, prompts, s: node_parameters.Settings) -> tuple[list, float]:
+        """(predictions at the image's resolution, inference milliseconds)."""
         self.grounder.update_settings(**s.peak_settings())
         start = time.perf_counter()
-        predictions, downscaled = predict_any_size(self.grounder, rgb, s.prompts)
+        predictions, downscaled = predict_any_size(self.grounder, rgb, prompts)
         inference_ms = (time.perf_counter() - start) * 1e3
         if downscaled:
             self.stats.count("downscaled")
             self.throttled.warning("downscaled",
-                           f"{rgb.shape[1]}x{rgb.shape[0]} frame downscaled to {MAX_INFERENCE_SIDE} px for inference")
-        points = self._points_3d(msg, depth, rgb.shape[:2], predictions, s) if s.use_depth else []
-        points += [None] * (len(predictions) - len(points))
-        self._publish(msg.header, rgb, predictions, points, inference_ms, s)
-        age_ns = self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)
-        self.stats.processed(age_ns / 1e6 if stamp_ns(msg.header.stamp) > 0 and age_ns >= 0 else None, inference_ms)
-        if downscaled:
+                                   f"{rgb.shape[1]}x{rgb.shape[0]} frame downscaled to {MAX_INFERENCE_SIDE} px for "
+                                   "inference")
             release_free_memory()
+        return predictions, inference_ms
+
+    def _serve(self, job: GroundRequest) -> None:
+        """Answer one ~/ground request with one inference (worker thread)."""
+        if not job.start():
+            return  # timed out while queued
+        s = self.settings
+        try:
+            rgb = rgb_from_message(job.image, MAX_IMAGE_PIXELS)
+        except ImageConversionError as e:
+            self._answer(job, False, f"image: {e}")
+            return
+        depth = self._paired_depth(job.image, s) if job.from_camera and s.use_depth else None
+        try:
+            predictions, inference_ms = self._infer(rgb, job.prompts, s)
+        except Exception as e:  # a request must not stop the worker
+            self._answer(job, False, f"inference failed: {type(e).__name__}: {e}")
+            return
+        points, normals, note = [], [], ""
+        try:
+            if depth is not None:
+                points, normals = self._camera_points(job.image, depth, rgb.shape[:2], predictions, s)
+            elif job.depth is not None:
+                info = job.camera_info or self._camera_info
+                if info is None:
+                    raise DepthError("no camera_info in the request and none received on camera_info")
+                points, normals = self._surface_points(job.depth, info, rgb.shape[:2], predictions, s)
+        except (DepthError, ImageConversionError) as e:
+            if not job.from_camera:  # the request's own depth or intrinsics are wrong
+                self._answer(job, False, f"depth: {e}")
+                return
+            note = f"no 3D contact points: {e}"
+        points += [None] * (len(predictions) - len(points))
+        result = self._result(job.image.header, predictions, points, normals, inference_ms, s)
+        self._answer(job, True, note, result)
+
+    def _answer(self, job: GroundRequest, success: bool, message: str, result=None) -> None:
+        job.finish(success, message, result)
+        self._answered.trigger()
+        if not success:
+            self.get_logger().warning(f"~/ground failed: {message}")
 
     def _paired_depth(self, msg: Image, s: node_parameters.Settings) -> tuple[bool, Image | None, CameraInfo | None]:
         """Before inference: (paired, depth image, CameraInfo) of this frame. Its depth image is
@@ -302,25 +398,30 @@ class GroundingNode(Node):
         paired, depth_msg = self._depth.nearest_if_final(stamp_ns(msg.header.stamp), s.max_depth_age)
         return paired, depth_msg, self._camera_info
 
-    def _points_3d(self, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None], shape, predictions,
-                   s: node_parameters.Settings) -> list:
-        """3D points per prompt and peak, or [] (with a throttled warning) when this frame has none."""
+    def _camera_points(self, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None], shape, predictions,
+                       s: node_parameters.Settings) -> tuple[list, list]:
+        """3D points and normals per prompt and peak of a camera frame; DepthError when it has none."""
         paired, depth_msg, info = depth
         if not paired:
             depth_msg = self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
-        try:
-            if info is None:
-                raise DepthError("no CameraInfo received on camera_info yet")
-            if depth_msg is None:
-                raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
-            self._warn_other_frame(msg, depth_msg, info)
-            depth_m = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
-            return peak_points([[(p.u, p.v) for p in pred.peaks] for pred in predictions], depth_m, info, shape,
-                               s.depth_window)
-        except (DepthError, ImageConversionError) as e:
-            self.stats.count("no_depth")
-            self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")
-            return []
+        if info is None:
+            raise DepthError("no CameraInfo received on camera_info yet")
+        if depth_msg is None:
+            raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
+        self._warn_other_frame(msg, depth_msg, info)
+        return self._surface_points(depth_msg, info, shape, predictions, s)
+
+    @staticmethod
+    def _surface_points(depth_msg: Image, info: CameraInfo, shape, predictions,
+                        s: node_parameters.Settings) -> tuple[list, list]:
+        """(points, normals) per prompt and peak from a depth image and its intrinsics; DepthError
+        when they do not fit the image or no peak has a valid depth."""
+        depth_m = depth_to_metres(image_to_numpy(depth_msg), depth_msg.encoding)
+        pixels = [[(p.u, p.v) for p in pred.peaks] for pred in predictions]
+        points = peak_points(pixels, depth_m, info, shape, s.depth_window)
+        intrinsics = Deprojector(info).intrinsics
+        normals = [surface_normals(px, depth_m, intrinsics, s.normal_window) for px in pixels]
+        return points, normals
 
     def _warn_other_frame(self, msg: Image, depth_msg: Image, info: CameraInfo) -> None:
         """Depth or CameraInfo of another camera frame: the points would be wrong, so say so."""
@@ -333,20 +434,33 @@ class GroundingNode(Node):
             self.throttled.warning("other frame", f"{listed} but the image is in '{image_frame}': depth and "
                                    "CameraInfo must be registered to the colour image (aligned depth)")
 
-    def _publish(self, header, rgb, predictions, points, inference_ms: float, s: node_parameters.Settings) -> None:
+    def _result(self, header, predictions, points, normals, inference_ms: float, s: node_parameters.Settings,
+                full_maps=None) -> AffordanceResult:
+        """The AffordanceResult of one image, its maps as parameters result_max_side and
+        result_encoding ask (``full_maps``: the full-resolution 32FC1 Images, when already built)."""
+        if s.result_max_side == 0 and s.result_encoding == "32FC1":
+            maps, scale = full_maps, 1.0
+        else:
+            reduced = [result_heatmap(p.heatmap, header, s.result_max_side, s.result_encoding) for p in predictions]
+            maps, scale = [image for image, _ in reduced], (reduced[0][1] if reduced else 1.0)
+        return result_message(header, predictions, points, inference_ms, maps, normals, scale)
+
+    def _publish(self, header, rgb, predictions, points, normals, inference_ms: float,
+                 s: node_parameters.Settings) -> None:
         heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
-        self._pub_result.publish(result_message(header, predictions, points, inference_ms, heatmaps))
+        self._pub_result.publish(self._result(header, predictions, points, normals, inference_ms, s, heatmaps))
         self._pub_heatmap.publish(heatmaps[0])
         if s.publish_overlay and self._pub_overlay.get_subscription_count():
             first = predictions[0]
             overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
             self._pub_overlay.publish(numpy_to_image(overlay, "bgr8", header))
         if s.use_depth:
-            markers = marker_array(header, predictions, points)
+            markers = marker_array(header, predictions, points, normals)
             with self._markers_lock:  # never after the DELETEALL of a prompt clear
                 if self.settings.prompts:
                     self._pub_markers.publish(markers)
                     self._marker_frame = header.frame_id
+            self._pub_poses.publish(contact_poses(header, points, normals))
             if (best := best_point(points)) is not None:
                 self._pub_contact.publish(point_stamped(header, best))
 

@@ -69,17 +69,22 @@ class Settings:
     text_cache_size: int
     prompts: tuple[str, ...]
     prompt_templates: tuple[str, ...]
+    background_prompts: tuple[str, ...]
     num_peaks: int
     peak_threshold: float
     peak_min_distance: int
     use_depth: bool
     max_depth_age: float
     depth_window: int
+    normal_window: int
     publish_overlay: bool
     overlay_alpha: float
+    result_max_side: int
+    result_encoding: str
     image_qos: str
     image_transport: str
     max_rate_hz: float
+    ground_timeout_s: float
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> "Settings":
@@ -90,8 +95,9 @@ class Settings:
         changes = {k: v for k, v in values.items() if k in SPECS}
         if "prompts" in changes:
             changes["prompts"] = parse_prompts(changes["prompts"]).prompts
-        if "prompt_templates" in changes:
-            changes["prompt_templates"] = tuple(changes["prompt_templates"])
+        for name in ("prompt_templates", "background_prompts"):
+            if name in changes:
+                changes[name] = tuple(changes[name])
         return replace(self, **changes)
 
     def grounder_config(self) -> GrounderConfig:
@@ -99,14 +105,15 @@ class Settings:
             clip_model=self.clip_model, clip_pretrained=self.clip_pretrained,
             fpn_checkpoint=self.fpn_checkpoint or None, device=self.device, precision=self.precision,
             backend=self.backend, compile=self.compile, input_size=self.input_size,
-            prompt_templates=self.prompt_templates,
+            prompt_templates=self.prompt_templates, background_prompts=self.background_prompts,
             num_peaks=self.num_peaks, peak_threshold=self.peak_threshold, peak_min_distance=self.peak_min_distance,
             text_cache_size=self.text_cache_size)
 
     def peak_settings(self) -> dict[str, Any]:
         """What the grounder changes at run time (``AffordanceGrounder.update_settings``)."""
         return dict(num_peaks=self.num_peaks, peak_threshold=self.peak_threshold,
-                    peak_min_distance=self.peak_min_distance, prompt_templates=self.prompt_templates)
+                    peak_min_distance=self.peak_min_distance, prompt_templates=self.prompt_templates,
+                    background_prompts=self.background_prompts)
 
 
 def read_settings(node, names: Iterable[str] = SPECS) -> Settings:

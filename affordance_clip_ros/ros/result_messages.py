@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import cv2
 import numpy as np
 
 from ..model.grounder import AffordancePrediction
 
 Point3 = tuple[float, float, float]
+# Per prompt, per peak (parallel to the prediction's peaks): a 3D point / a unit normal, or None.
+Points = Sequence[Sequence[Point3 | None] | None]
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class MessageTypes:
 
     image: Callable[[np.ndarray, str, Any], Any]  # (array, encoding, header) -> sensor_msgs/Image
     Point: type
+    Vector3: type
     PointStamped: type
     ContactPoint: type
     AffordanceMap: type
@@ -32,39 +36,68 @@ class MessageTypes:
         x, y, z = xyz if xyz is not None else (0.0, 0.0, 0.0)
         return self.Point(x=float(x), y=float(y), z=float(z))
 
+    def vector(self, xyz: Point3 | None) -> Any:
+        x, y, z = xyz if xyz is not None else (0.0, 0.0, 0.0)
+        return self.Vector3(x=float(x), y=float(y), z=float(z))
+
 
 def heatmap_image(types: MessageTypes, heatmap: np.ndarray, header) -> Any:
     """float32 H x W map in [0, 1] -> 32FC1 Image with the input's header."""
     return types.image(np.asarray(heatmap, dtype=np.float32), "32FC1", header)
 
 
-def contact_points(types: MessageTypes, prediction: AffordancePrediction,
-                   points: Sequence[Point3 | None] | None) -> list:
-    """The prediction's peaks (best first) with their 3D point where one is known."""
+def result_heatmap(types: MessageTypes, heatmap: np.ndarray, header, max_side: int = 0,
+                   encoding: str = "32FC1") -> tuple[Any, float]:
+    """A map for ~/result: (Image, scale). ``max_side`` > 0 shrinks it so that its longest side is
+    at most that (area averaging); ``encoding`` 32FC1 keeps floats, mono8 stores round(255 * value).
+    ``scale`` = map pixels per input pixel."""
+    height, width = heatmap.shape
+    scale = 1.0
+    if 0 < max_side < max(height, width):
+        scale = max_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        heatmap = cv2.resize(np.asarray(heatmap, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
+    if encoding == "mono8":
+        return types.image(np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8), "mono8", header), scale
+    return heatmap_image(types, heatmap, header), scale
+
+
+def contact_points(types: MessageTypes, prediction: AffordancePrediction, points: Sequence[Point3 | None] | None,
+                   normals: Sequence[Point3 | None] | None = None) -> list:
+    """The prediction's peaks (best first) with their 3D point and surface normal where known."""
     out = []
     for i, peak in enumerate(prediction.peaks):
-        point = points[i] if points is not None and i < len(points) else None
+        point = nth(points, i)
+        normal = nth(normals, i) if point is not None else None
         out.append(types.ContactPoint(u=float(peak.u), v=float(peak.v), score=float(peak.score),
-                                      has_point=point is not None, point=types.point(point)))
+                                      has_point=point is not None, point=types.point(point),
+                                      has_normal=normal is not None, normal=types.vector(normal)))
     return out
 
 
-def result_message(types: MessageTypes, header, predictions: Sequence[AffordancePrediction],
-                   points: Sequence[Sequence[Point3 | None] | None], inference_ms: float,
-                   heatmap_msgs: Sequence[Any] | None = None) -> Any:
+def nth(items: Sequence | None, i: int):
+    """``items[i]``, or None when there are no items or too few."""
+    return items[i] if items is not None and i < len(items) else None
+
+
+def result_message(types: MessageTypes, header, predictions: Sequence[AffordancePrediction], points: Points,
+                   inference_ms: float, heatmap_msgs: Sequence[Any] | None = None, normals: Points | None = None,
+                   scale: float = 1.0) -> Any:
     """One AffordanceMap per prompt, in prompt order. ``heatmap_msgs`` reuses already built
-    heatmap Images (e.g. the one published on ~/heatmap) instead of converting again."""
+    heatmap Images (the ones published on ~/heatmap, or reduced ones of ``scale``) instead of
+    converting again."""
     maps = []
     for i, prediction in enumerate(predictions):
-        image = heatmap_msgs[i] if heatmap_msgs is not None and i < len(heatmap_msgs) else None
+        image = nth(heatmap_msgs, i)
         maps.append(types.AffordanceMap(
             prompt=prediction.prompt,
             heatmap=image if image is not None else heatmap_image(types, prediction.heatmap, header),
-            peaks=contact_points(types, prediction, points[i] if i < len(points) else None)))
+            scale=float(scale if image is not None else 1.0),
+            peaks=contact_points(types, prediction, nth(points, i), nth(normals, i))))
     return types.AffordanceResult(header=header, maps=maps, inference_ms=float(inference_ms))
 
 
-def best_point(points: Sequence[Sequence[Point3 | None] | None]) -> Point3 | None:
+def best_point(points: Points) -> Point3 | None:
     """The first prompt's best peak that has a 3D point (peaks are sorted best first)."""
     for point in (points[0] or []) if points else []:
         if point is not None:

@@ -25,3 +25,26 @@ def motorcycle_rgbd() -> tuple[np.ndarray, np.ndarray, CameraInfo]:
     info.p = [f, 0.0, cx, 0.0, 0.0, f, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     return left, depth, info
+
+
+def one_phrase_world_weights(path, phrase: str, seed: int = 0, spread: float = 1e-3):
+    """Write RN-tiny CLIP weights (safetensors) whose training-free pixel embeddings all lie within
+    a hair of the text embedding of ``phrase``, with OpenAI's logit scale (100): to this model
+    every image shows ``phrase`` and nothing else, with a little variation from pixel to pixel.
+    Returns the path."""
+    import math
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.create_model("RN-tiny", pretrained=None, force_quick_gelu=True).eval()
+    with torch.no_grad():
+        text = model.encode_text(open_clip.get_tokenizer("RN-tiny")([phrase]))[0]
+        pool = model.visual.attnpool
+        pool.c_proj.weight.mul_(spread)
+        pool.c_proj.bias.copy_(text / text.norm())
+        model.logit_scale.fill_(math.log(100.0))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
