@@ -138,16 +138,6 @@ def motorcycle_rgbd(encoding: str):
     return left, sent, metres, info
 
 
-def expected_point(metres: np.ndarray, u: int, v: int):
-    half = DEPTH_WINDOW // 2
-    patch = metres[max(0, v - half):v + half + 1, max(0, u - half):u + half + 1]
-    valid = patch[np.isfinite(patch)]
-    if not valid.size:
-        return None
-    z = float(np.median(valid))
-    return ((u - CX) * z / F, (v - CY) * z / F, z)
-
-
 @pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
 def test_rgbd_motorcycle_contact_points_are_deprojected_depth(grounding, encoding):
     node, client = grounding
@@ -170,7 +160,7 @@ def test_rgbd_motorcycle_contact_points_are_deprojected_depth(grounding, encodin
     checked = 0
     for m in result.maps:
         for p in m.peaks:
-            expected = expected_point(metres, int(p.u), int(p.v))
+            expected = support.motorcycle_point(metres, int(p.u), int(p.v), DEPTH_WINDOW)
             assert p.has_point == (expected is not None), (p, expected)
             if expected is not None:
                 got = (p.point.x, p.point.y, p.point.z)

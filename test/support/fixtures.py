@@ -27,6 +27,18 @@ def motorcycle_rgbd() -> tuple[np.ndarray, np.ndarray, CameraInfo]:
     return left, depth, info
 
 
+def motorcycle_point(depth_m: np.ndarray, u: float, v: float, window: int = 5) -> tuple | None:
+    """An independent deprojection of pixel (u, v) of the Motorcycle frame: the median valid depth
+    in the ``window`` square around it through the pinhole intrinsics; None without valid depth."""
+    half, u, v = window // 2, round(u), round(v)
+    patch = depth_m[max(0, v - half):v + half + 1, max(0, u - half):u + half + 1]
+    patch = patch[np.isfinite(patch)]
+    if not patch.size:
+        return None
+    z = float(np.median(patch))
+    return ((u - MOTORCYCLE_CX) * z / MOTORCYCLE_F, (v - MOTORCYCLE_CY) * z / MOTORCYCLE_F, z)
+
+
 def one_phrase_world_weights(path, phrase: str, seed: int = 0, spread: float = 1e-3):
     """Write RN-tiny CLIP weights (safetensors) whose training-free pixel embeddings all lie within
     a hair of the text embedding of ``phrase``, with OpenAI's logit scale (100): to this model
