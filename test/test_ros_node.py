@@ -141,7 +141,7 @@ def motorcycle_rgbd(encoding: str):
 @pytest.mark.parametrize("encoding", ["32FC1", "16UC1"])
 def test_rgbd_motorcycle_contact_points_are_deprojected_depth(grounding, encoding):
     node, client = grounding
-    client.set_parameters(prompts="ride; sit on", num_peaks=8, peak_threshold=0.1)
+    client.set_parameters(prompts="ride; sit on", num_peaks=8, peak_threshold=0.0)  # random weights: near-flat maps
     left, sent, metres, info = motorcycle_rgbd(encoding)
     frame_id = f"motorcycle_{encoding}"
 
