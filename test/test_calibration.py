@@ -32,7 +32,9 @@ def scene(tiny_grounder):
     torch.manual_seed(0)
     walls = tiny_grounder.text_embeddings(["wall", "floor"])
     channels = walls.shape[1]
-    region = unit(torch.randn(channels))
+    # An object shares something with what is around it (as CLIP's embeddings of real scenes do),
+    # so that in the region the background phrases score above a text unrelated to it.
+    region = unit(unit(torch.randn(channels)) + 0.5 * walls[0])
     dense = torch.empty(1, channels, 12, 16)
     dense[0, :, :, :8] = walls[0][:, None, None]
     dense[0, :, :, 8:] = walls[1][:, None, None]
