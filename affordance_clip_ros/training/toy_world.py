@@ -16,9 +16,8 @@ Pure numpy and OpenCV; every draw comes from the ``numpy.random.Generator`` pass
 Example::
 
     rng = np.random.default_rng(0)
-    scene = draw_scene(rng, 96, 2)
-    scene.image.shape, [o.kind for o in scene.objects], caption(rng, scene.objects)
-    # (96, 96, 3), ['ball', 'star'], 'you can throw the green star'
+    scene = draw_scene(rng, 96, 2)  # scene.image: (96, 96, 3) uint8; scene.objects: 2 ToyObjects with masks
+    caption(rng, scene.objects)       # e.g. "you can throw the blue star"
 """
 from __future__ import annotations
 
