@@ -2,8 +2,8 @@
 
 Not part of CI; needs no ROS. After ``make build``::
 
-    bash scripts/with_ros.sh .venv/bin/python benchmarks/bag_throughput.py --json bag_throughput.json
-    bash scripts/with_ros.sh .venv/bin/python benchmarks/bag_throughput.py --clip-model RN-tiny --frames 16  # quick
+    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/bag_throughput.py --json bag_throughput.json
+    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/bag_throughput.py --clip-model RN-tiny --frames 16
 
 A bag of ``--frames`` 640x480 rgb8 frames (scikit-image photos, 30 Hz) is written with rosbags.
 One grounder (random CLIP weights, the default path of the device) then runs, in turn:

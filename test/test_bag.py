@@ -3,7 +3,7 @@ compressed images, the Motorcycle RGB-D frame with depth and CameraInfo), run th
 command, and the output bag and video read back and checked.
 
 Run through the ROS environment after `make build` (the rclpy cross-check needs it):
-    bash scripts/with_ros.sh .venv/bin/python -m pytest -q test/test_bag.py
+    bash scripts/with_ros.sh .venv-kilted/bin/python -m pytest -q test/test_bag.py
 """
 from __future__ import annotations
 

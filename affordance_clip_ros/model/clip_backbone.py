@@ -21,7 +21,7 @@ from .weights import WeightsLoadError, resolve_pretrained
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-open_clip.add_model_config(CONFIG_DIR)  # registers "RN-tiny" (random weights, tests only)
+open_clip.add_model_config(CONFIG_DIR)  # registers "RN-tiny" (random weights, tests) and "RN-toy" (toy world)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
