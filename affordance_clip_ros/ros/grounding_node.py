@@ -84,8 +84,10 @@ LOG_PERIOD_S = 5.0
 DEPTH_WAIT_S = 0.3
 IMAGE_SILENCE_WARN_S = 5.0  # prompts set, outputs subscribed, no image for this long: /diagnostics WARN
 # Share of image frames DDS reported lost over the last LOSS_WINDOW_S seconds above which
-# /diagnostics warns (best-effort readers are told of samples that never arrived).
+# /diagnostics warns (best-effort readers are told of samples that never arrived), once at least
+# LOSS_WARN_MIN_FRAMES were lost: a frame or two lost while a subscription starts is no alarm.
 TRANSPORT_LOSS_WARN = 0.05
+LOSS_WARN_MIN_FRAMES = 5
 LOSS_WINDOW_S = 5.0
 # image_qos auto: the publishers are looked at when one connects (matched event) and every
 # AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher); a replaced
@@ -512,7 +514,7 @@ class GroundingNode(Node):
         if s.use_depth and new["no_depth"]:
             problems.append(f"{new['no_depth']} frame(s) without 3D points")
         share, lost = self._loss.share()
-        if share > TRANSPORT_LOSS_WARN:
+        if share > TRANSPORT_LOSS_WARN and lost >= LOSS_WARN_MIN_FRAMES:
             problems.append(self._transport_loss_problem(share, lost))
         silent_s = now - self._last_image_at
         if s.prompts and silent_s > IMAGE_SILENCE_WARN_S and self._has_listeners():
