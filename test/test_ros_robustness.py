@@ -320,13 +320,15 @@ def test_bad_depth_and_camera_info_give_no_3d_then_recover(robust):
         "mono8_depth": (np.full(depth.shape, 3, np.uint8), "mono8", info),
         "zero_focal": (depth, "32FC1", zero_focal),
     }
-    before = counters(client)["frames_without_3d"]
+    before, with_peaks = counters(client)["frames_without_3d"], 0
     for name, (array, encoding, camera) in cases.items():
         result = one_result(client, left, f"bad_depth_{name}", depth=(array, encoding), info=camera, count=2)
         assert result is not None, f"{name}: node stopped answering\n{node.log()}"
         assert not has_3d(result), f"{name}: {result}\n{node.log()[-3000:]}"
         assert node.running()
-    assert counters(client)["frames_without_3d"] - before >= len(cases)
+        # a frame whose (random-weight, near-flat) maps have no peak needs no 3D point and is not counted
+        with_peaks += any(m.peaks for m in result.maps)
+    assert with_peaks and counters(client)["frames_without_3d"] - before >= with_peaks
     assert "no 3D contact points for this frame" in node.log()
     result = one_result(client, left, "good_depth", depth=(depth, "32FC1"), info=info, count=2)
     assert result is not None and has_3d(result)
