@@ -45,8 +45,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- model (read-only: changing them needs a new model) ---
     ParamSpec("clip_model", "RN101", "open_clip ResNet CLIP model (RN50, RN101, ...)", read_only=True, model=True),
     ParamSpec("clip_pretrained", "openai",
-              "CLIP weights: an open_clip tag (openai), a local file path, or 'none' (random weights: tests and "
-              "benchmarks only)", read_only=True, model=True),
+              "CLIP weights: an open_clip tag (openai), a local file path, or 'none' (random weights, the same in "
+              "every run: tests and benchmarks only)", read_only=True, model=True),
     ParamSpec("fpn_checkpoint", "",
               "trained FPN .safetensors file; empty = the training-free dense CLIP head", read_only=True, model=True),
     ParamSpec("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N", read_only=True, model=True),

@@ -122,6 +122,18 @@ def test_backbone_runs_once_for_many_prompts(tiny_grounder, coffee):
     assert one == 1 and len(calls) == 2
 
 
+def test_random_weights_are_the_same_in_every_run_and_leave_the_caller_s_generator_alone(coffee):
+    """clip_pretrained none draws from ``random_seed``: a test or benchmark sees the same model every run."""
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    grounders = [AffordanceGrounder.from_config(GrounderConfig(**TINY, random_seed=seed)) for seed in (0, 0, 1)]
+    maps = [g.predict(coffee, ["hold"])[0].heatmap for g in grounders]
+    torch.testing.assert_close(torch.rand(1), expected_next)
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert not np.array_equal(maps[0], maps[2])
+
+
 def test_text_cache_hits_and_is_bounded():
     clip = FrozenCLIP.create("RN-tiny", "none", "cpu", text_cache_size=8)
     with mock.patch.object(clip.model, "encode_text", wraps=clip.model.encode_text) as spy:

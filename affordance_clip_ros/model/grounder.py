@@ -50,6 +50,7 @@ class GrounderConfig:
     text_cache_size: int = 256
     clip_cache_dir: str | None = None
     engine_cache_dir: str | None = None  # onnxruntime models; None: ~/.cache/affordance_clip_ros/onnx
+    random_seed: int = 0  # clip_pretrained "none": the random weights are drawn from this seed, the same every run
 
     def __post_init__(self):
         if self.input_size <= 0 or self.input_size % 32:
@@ -189,8 +190,10 @@ class AffordanceGrounder(nn.Module):
     def from_config(cls, config: GrounderConfig) -> "AffordanceGrounder":
         """Build CLIP, load weights and the FPN checkpoint (if any) on the configured device."""
         device = resolve_device(config.device)
-        clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, device, config.clip_cache_dir,
-                                 config.text_cache_size)
+        with torch.random.fork_rng(devices=[]):  # seeds random weights without touching the caller's generator
+            torch.manual_seed(config.random_seed)
+            clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, "cpu", config.clip_cache_dir,
+                                     config.text_cache_size).to(device)
         fpn = None
         if config.fpn_checkpoint:
             fpn, meta = load_fpn(config.fpn_checkpoint, config.clip_model, clip.feature_channels, clip.embed_dim,
