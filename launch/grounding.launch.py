@@ -4,6 +4,11 @@
     ros2 launch affordance_clip_ros grounding.launch.py use_depth:=true rviz:=true \\
         depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info
     ros2 topic pub --once /affordance/query std_msgs/msg/String "{data: 'cut with'}"
+    ros2 launch affordance_clip_ros grounding.launch.py managed:=true autostart:=false  # a lifecycle manager drives it
+
+managed: true starts managed_grounding_node, the lifecycle node; autostart (default true) takes it
+through configure and activate at once, false leaves it unconfigured for the robot's lifecycle
+manager (nav2_lifecycle_manager, `ros2 lifecycle set`).
 
 Parameters come from params_file (default: the package's config/grounding.yaml). The arguments
 use_depth, device, clip_pretrained and fpn_checkpoint override it only when given; left empty,
@@ -19,12 +24,17 @@ the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
 import os
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.actions import (DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler,
+                            SetEnvironmentVariable)
 from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.descriptions import ParameterValue
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
 
 from affordance_clip_ros.ros.compat import fastdds_profile_set, fastdds_profile_variable
 
@@ -52,6 +62,9 @@ ARGUMENTS = (
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
     ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
      "auto = unless FASTDDS_DEFAULT_PROFILES_FILE is set, true, false"),
+    ("managed", "false", "true: start managed_grounding_node, the lifecycle node (standard lifecycle services)"),
+    ("autostart", "true", "with managed:=true: configure and activate the node at once; false: leave it "
+     "unconfigured for the robot's lifecycle manager"),
 )
 # Arguments that override params_file when not empty, with their parameter types.
 PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
@@ -71,9 +84,10 @@ def _launch_setup(context) -> list:
     # launch_ros converts a substitution to value_type, but takes a plain value only when it already has that type.
     overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=kind)
                  for name, kind in PARAMETER_ARGUMENTS.items() if value[name]}
-    node = Node(
+    managed, autostart = _boolean("managed", value["managed"]), _boolean("autostart", value["autostart"])
+    node = (LifecycleNode if managed else Node)(
         package=PACKAGE,
-        executable="grounding_node",
+        executable="managed_grounding_node" if managed else "grounding_node",
         name="affordance_grounding",
         namespace=value["namespace"],
         output="screen",
@@ -100,7 +114,25 @@ def _launch_setup(context) -> list:
     if _use_package_profile(value["use_fastdds_profile"], fastdds_profile_set(environment)):
         variable = fastdds_profile_variable(environment)
         profile = [SetEnvironmentVariable(variable, PathJoinSubstitution([share, "config", "fastdds_profile.xml"]))]
-    return [*profile, rviz, node]  # RViz first: when it is missing, launch stops before starting the node
+    # RViz first: when it is missing, launch stops before starting the node
+    return [*profile, rviz, node, *(_autostart(node) if managed and autostart else [])]
+
+
+def _autostart(node) -> list:
+    """Configure the lifecycle node, and activate it once that configure has succeeded (not after
+    a later deactivate, which the robot asked for)."""
+    def transition(transition_id: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+    activate = RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                                      goal_state="inactive",
+                                                      entities=[transition(Transition.TRANSITION_ACTIVATE)]))
+    return [activate, transition(Transition.TRANSITION_CONFIGURE)]
+
+
+def _boolean(name: str, text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f"{name} must be true or false, got '{text}'")
+    return text.lower() == "true"
 
 
 def _use_package_profile(choice: str, already_set: bool) -> bool:

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "grounding.launch.py"
 EXPECTED_ARGUMENTS = {"image_topic", "depth_topic", "camera_info_topic", "query_topic", "use_depth", "device",
                       "clip_pretrained", "fpn_checkpoint", "compile", "params_file", "namespace", "rviz",
-                      "use_fastdds_profile"}
+                      "use_fastdds_profile", "managed", "autostart"}
 # Where each argument must end up.
 TO_NODE_REMAP = {"image_topic": "image", "depth_topic": "depth", "camera_info_topic": "camera_info",
                  "query_topic": grounding_node.QUERY_TOPIC}
@@ -80,8 +80,9 @@ def test_every_file_it_names_is_installed(tree):
     for rel in paths | {"launch/grounding.launch.py"}:
         assert (share / rel).is_file(), f"{rel} is not installed under {share}"
         assert filecmp.cmp(REPO / rel, share / rel, shallow=False), f"installed {rel} is stale: run make build"
-    exe = share.parents[1] / "lib" / PKG / "grounding_node"
-    assert exe.is_file() and os.access(exe, os.X_OK)
+    for name in ("grounding_node", "managed_grounding_node"):
+        exe = share.parents[1] / "lib" / PKG / name
+        assert exe.is_file() and os.access(exe, os.X_OK), name
 
 
 # --- the launch file, executed against recording stand-ins -----------------------------------
@@ -107,11 +108,14 @@ class _ParameterValue(_Recorded):
 
 def _stand_in_modules() -> dict[str, types.ModuleType]:
     names = {"launch": ["LaunchDescription"],
-             "launch.actions": ["DeclareLaunchArgument", "OpaqueFunction", "SetEnvironmentVariable"],
-             "launch.conditions": ["IfCondition"],
+             "launch.actions": ["DeclareLaunchArgument", "EmitEvent", "OpaqueFunction", "RegisterEventHandler",
+                                "SetEnvironmentVariable"],
+             "launch.conditions": ["IfCondition"], "launch.events": ["matches_action"],
              "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution"],
-             "launch_ros.actions": ["Node"], "launch_ros.descriptions": ["ParameterValue"],
-             "launch_ros.substitutions": ["FindPackageShare"], "launch_ros": []}
+             "launch_ros.actions": ["LifecycleNode", "Node"], "launch_ros.descriptions": ["ParameterValue"],
+             "launch_ros.event_handlers": ["OnStateTransition"], "launch_ros.events": [],
+             "launch_ros.events.lifecycle": ["ChangeState"], "launch_ros.substitutions": ["FindPackageShare"],
+             "launch_ros": []}
     modules = {}
     for module, classes in names.items():
         mod = types.ModuleType(module)
@@ -213,6 +217,36 @@ def test_fastdds_profile_variable_is_the_one_the_distros_fast_dds_reads(launch_f
 def test_fastdds_profile_argument_refuses_other_values(launch_file):
     with pytest.raises(ValueError, match="use_fastdds_profile must be auto, true or false"):
         _launch(launch_file, use_fastdds_profile="yes")
+
+
+def test_managed_starts_the_lifecycle_node_and_autostart_configures_then_activates_it(launch_file):
+    from lifecycle_msgs.msg import Transition
+
+    unmanaged = _launch(launch_file, namespace="arm")
+    actions = _launch(launch_file, namespace="arm", managed="true")
+    assert "LifecycleNode" not in unmanaged and "EmitEvent" not in unmanaged
+    [node] = actions["LifecycleNode"]
+    [plain] = [n for n in unmanaged["Node"] if n.kwargs["executable"] == "grounding_node"]
+    assert node.kwargs["executable"] == "managed_grounding_node"
+    assert {k: v for k, v in node.kwargs.items() if k != "executable"} == \
+        {k: v for k, v in plain.kwargs.items() if k != "executable"}  # the same name, parameters and topics
+    [configure] = actions["EmitEvent"]
+    assert configure.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_CONFIGURE
+    assert configure.kwargs["event"].kwargs["lifecycle_node_matcher"].args == (node,)
+    [handler] = actions["RegisterEventHandler"]
+    [on_configured] = handler.args
+    # after configure succeeded only: a robot's later deactivate (active -> inactive) is left alone
+    assert on_configured.kwargs["target_lifecycle_node"] is node
+    assert (on_configured.kwargs["start_state"], on_configured.kwargs["goal_state"]) == ("configuring", "inactive")
+    [activate] = on_configured.kwargs["entities"]
+    assert activate.kwargs["event"].kwargs["transition_id"] == Transition.TRANSITION_ACTIVATE
+    assert list(actions).index("RegisterEventHandler") < list(actions).index("EmitEvent")  # listening first
+
+    left_to_the_robot = _launch(launch_file, managed="true", autostart="false")
+    assert "LifecycleNode" in left_to_the_robot and "EmitEvent" not in left_to_the_robot
+    assert "RegisterEventHandler" not in left_to_the_robot
+    with pytest.raises(ValueError, match="managed must be true or false"):
+        _launch(launch_file, managed="yes")
 
 
 # --- config files ------------------------------------------------------------------------------

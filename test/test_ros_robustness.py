@@ -595,6 +595,9 @@ def test_startup_errors_name_the_parameter_and_exit_non_zero(tmp_path):
         errors = [line for line in log.splitlines() if "[ERROR]" in line]
         assert len(errors) == 1, f"{name}: expected one error line\n{log}"
     assert "Fix:" in procs["missing_weights_file"].log() and "Fix:" in procs["missing_fpn_checkpoint"].log()
+    for name in ("missing_weights_file", "openai_weights_offline"):  # both ways a user sets it
+        fix = procs[name].log().split("Fix:")[1]
+        assert "grounding.launch.py clip_pretrained:=/" in fix and "--ros-args -p clip_pretrained:=/" in fix, fix
 
 
 def test_an_unexpected_error_while_building_the_model_fails_start_up_instead_of_hanging():
@@ -610,7 +613,7 @@ def test_an_unexpected_error_while_building_the_model_fails_start_up_instead_of_
     node = GroundingNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in TINY.items()])
     outcome: list[BaseException | None] = []
     try:
-        with mock.patch.object(GroundingNode, "_load_model", side_effect=KeyError("model table")):
+        with mock.patch.object(GroundingNode, "_build_grounder", side_effect=KeyError("model table")):
             starter = threading.Thread(target=lambda: outcome.append(_raised(node.start)), daemon=True)
             starter.start()
             starter.join(20.0)

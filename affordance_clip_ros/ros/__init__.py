@@ -10,8 +10,10 @@ they are built from.
 * ``inference``: the grounder on frames of any size (huge frames are downscaled for the model)
 * ``compat``: the few things that differ between ROS 2 distributions (Jazzy, Kilted)
 * ``grounding_node``: the node and ``main``
+* ``managed_node``: the same node as a lifecycle node (``managed_grounding_node``)
+* ``stop_signals``: SIGINT/SIGTERM from the executables' first line on
 * ``client``: ``GroundingClient``, for a planner or a notebook: set prompts, receive results
 
-Only ``grounding_node`` and ``client`` create rclpy nodes; the others are pure functions and
+Only ``grounding_node``, ``managed_node`` and ``client`` create rclpy nodes; the others are pure functions and
 small classes that are tested without a running ROS graph.
 """

@@ -39,6 +39,8 @@ import rclpy
 from ament_index_python.packages import get_package_share_directory
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PointStamped, PoseArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
@@ -138,6 +140,8 @@ class GroundingClient:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.parameters = AsyncParameterClient(self.node, f"{self.output_prefix}")
         self.ground_client = self.node.create_client(Ground, f"{self.output_prefix}/ground")
+        self._get_state = self.node.create_client(GetState, f"{self.output_prefix}/get_state")
+        self._change_state = self.node.create_client(ChangeState, f"{self.output_prefix}/change_state")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -273,14 +277,33 @@ class GroundingClient:
             request.depth = depth if isinstance(depth, Image) else numpy_to_image(depth, encoding, request.image.header)
         if camera_info is not None:
             request.camera_info = camera_info
-        if not self.ground_client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {self.ground_client.srv_name} not available")
-        future = self.ground_client.call_async(request)
+        # the node answers by its own timeout; 5 s more cover transport
+        return self._call(self.ground_client, request, timeout, timeout + 5.0)
+
+    def lifecycle_state(self, timeout: float = 10.0) -> str:
+        """The lifecycle state of a ``managed_grounding_node``: unconfigured, inactive, active or
+        finalized (or a transition state such as configuring)."""
+        return self._call(self._get_state, GetState.Request(), timeout, timeout).current_state.label
+
+    def change_state(self, transition: str, timeout: float = 120.0) -> bool:
+        """Ask a ``managed_grounding_node`` for a lifecycle transition by its label (configure,
+        activate, deactivate, cleanup, shutdown), as ``ros2 lifecycle set`` does; True when it
+        succeeded. ``timeout`` covers building the model on configure."""
+        request = ChangeState.Request(transition=Transition(label=transition))
+        return self._call(self._change_state, request, 10.0, timeout).success
+
+    @staticmethod
+    def _call(client, request, wait_s: float, answer_s: float):
+        """Call a service: TimeoutError when it is not there within ``wait_s`` seconds or does
+        not answer within ``answer_s``."""
+        if not client.wait_for_service(timeout_sec=wait_s):
+            raise TimeoutError(f"service {client.srv_name} not available")
+        future = client.call_async(request)
         done = threading.Event()
         future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout + 5.0):  # the node answers by its own timeout; this covers transport
-            self.ground_client.remove_pending_request(future)
-            raise TimeoutError(f"service {self.ground_client.srv_name} did not answer within {timeout + 5.0:g} s")
+        if not done.wait(answer_s):
+            client.remove_pending_request(future)
+            raise TimeoutError(f"service {client.srv_name} did not answer within {answer_s:g} s")
         return future.result()
 
     def node_subscription_reliability(self, topic: str | None = None):

@@ -18,12 +18,9 @@ late under load: see docs/ros.md, Latency.)
 """
 from __future__ import annotations
 
-import ctypes
+import gc
 import logging
-import os
 import queue
-import signal
-import sys
 import threading
 import time
 import traceback
@@ -62,6 +59,7 @@ from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
 from .messages import (best_point, contact_poses, diagnostics_message, heatmap_image, marker_array, point_stamped,
                        result_heatmap, result_message)
 from .queries import NewestQueries, join_prompts, parse_prompts
+from .stop_signals import StopSignals, exit_now
 
 NODE_NAME = "affordance_grounding"
 QUERY_TOPIC = "/affordance/query"
@@ -121,6 +119,11 @@ class GroundingNode(Node):
         self._last_image_at = time.monotonic()
         self._awaiting_frame: list[GroundRequest] = []  # ~/ground requests for the next camera frame
         self._awaiting_lock = threading.Lock()
+        # Open (active): the camera subscriptions and the timers exist and outputs are published.
+        # The worker holds the lock for a whole frame, so closing waits for the frame in hand.
+        self._io_lock = threading.Lock()
+        self._io_open = False
+        self._io_timers: list = []
 
         # The callbacks (sensors, prompts, timers, parameter services) run one at a time on the
         # executor's thread, beside the inference worker thread. Sensor callbacks only store the
@@ -151,6 +154,29 @@ class GroundingNode(Node):
         self._live_generation: dict[str, int] = {}  # role -> newest generation that delivered a message
         self._retiring: list[tuple] = []  # (role, generation, replaced subscription, monotonic time replaced)
         self._loss = LossWindow(LOSS_WINDOW_S)
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Build the model, then subscribe and publish; StartupError if the model cannot be built."""
+        self.load_model()
+        self.open_io()
+
+    def load_model(self) -> None:
+        """Start the worker thread and return once it has built the model; StartupError if it
+        cannot. The worker builds the grounder itself, so everything the model keeps per thread
+        (CUDA graphs of ``compile: reduce-overhead``) belongs to the thread that runs it."""
+        built: queue.Queue[StartupError | None] = queue.Queue(maxsize=1)
+        self._slot = LatestSlot()
+        self._worker = threading.Thread(target=self._run_worker, args=(built,), name="affordance_inference",
+                                        daemon=True)
+        self._worker.start()
+        if (error := built.get()) is not None:
+            self._worker.join()
+            self._worker = None
+            raise error
+
+    def open_io(self) -> None:
+        """Subscribe to the camera and start the timers: frames are processed and published."""
         if self.settings.image_transport == "compressed":  # image_transport's name: <remapped image>/compressed
             self._subscribe_sensor("image", CompressedImage, self._on_image,
                                    topic=self.resolve_topic_name("image") + "/compressed")
@@ -159,23 +185,12 @@ class GroundingNode(Node):
         if self.settings.use_depth:
             self._subscribe_sensor("depth", Image, self._depth.add)
             self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info)
-
-        self.create_timer(1.0, self._publish_diagnostics)
+        self._io_timers = [self.create_timer(1.0, self._publish_diagnostics)]
         if self.settings.image_qos == "auto":
-            self.create_timer(AUTO_QOS_PERIOD_S, self._match_publisher_qos)
-
-    # ------------------------------------------------------------------ life cycle
-    def start(self) -> None:
-        """Start the worker thread and return once it has built the model; StartupError if it
-        cannot. The worker builds the grounder itself, so everything the model keeps per thread
-        (CUDA graphs of ``compile: reduce-overhead``) belongs to the thread that runs it."""
-        built: queue.Queue[StartupError | None] = queue.Queue(maxsize=1)
-        self._worker = threading.Thread(target=self._run_worker, args=(built,), name="affordance_inference",
-                                        daemon=True)
-        self._worker.start()
-        if (error := built.get()) is not None:
-            raise error
+            self._io_timers.append(self.create_timer(AUTO_QOS_PERIOD_S, self._match_publisher_qos))
         self._last_image_at = time.monotonic()  # camera silence counts from now, not from before the model was built
+        with self._io_lock:
+            self._io_open = True
         s = self.settings
         topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
                            for sub, rel, _, _ in self._sensor_subs.values())
@@ -183,7 +198,36 @@ class GroundingNode(Node):
             f"ready: CLIP {s.clip_model} ({self.grounder.mode}) on {self.grounder.device}; inputs {topics}; "
             f"prompts: {join_prompts(s.prompts) or '(none yet: publish on ' + QUERY_TOPIC + ')'}")
 
-    def _load_model(self) -> None:
+    def close_io(self) -> None:
+        """Unsubscribe from the camera and stop the timers, after the frame in hand is published;
+        nothing is published until :meth:`open_io`. The model stays."""
+        with self._io_lock:
+            self._io_open = False
+        for sub, *_ in self._sensor_subs.values():
+            self.destroy_subscription(sub)
+        for _, _, sub, _ in self._retiring:
+            self.destroy_subscription(sub)
+        for timer in self._io_timers:
+            self.destroy_timer(timer)
+        self._sensor_subs, self._retiring, self._io_timers = {}, [], []
+        self._generation.clear()
+        self._live_generation.clear()
+        self._depth = DepthBuffer()
+        self._camera_info = None
+        with self._awaiting_lock:
+            waiting, self._awaiting_frame = self._awaiting_frame, []
+        for job in waiting:
+            self._answer(job, False, "the node was deactivated before a camera frame came")
+
+    def free_model(self) -> None:
+        """Stop the worker and free the model, its GPU memory included."""
+        self.stop()
+        self._worker = None
+        self.grounder = None
+        gc.collect()  # the model's modules hold reference cycles
+        release_free_memory()
+
+    def _build_grounder(self) -> None:
         """Build the grounder from the (read-only) model parameters; StartupError on failure."""
         s = self.settings
         try:
@@ -194,6 +238,7 @@ class GroundingNode(Node):
         release_free_memory()  # what building the engine freed (export, quantisation): 100-300 MB
 
     def stop(self, timeout_s: float = 1.5) -> None:
+        """Let the worker finish the frame in hand, then end it."""
         self._slot.close()
         if self._worker is not None:
             self._worker.join(timeout_s)
@@ -205,7 +250,7 @@ class GroundingNode(Node):
             self.get_logger().info(f"prompts: {join_prompts(self.settings.prompts) or '(none: idle)'}")
             if self.settings.use_depth:
                 with self._markers_lock:
-                    if not self.settings.prompts:
+                    if not self.settings.prompts and self._io_open:
                         self._clear_markers()
 
     def _clear_markers(self) -> None:
@@ -259,6 +304,8 @@ class GroundingNode(Node):
         """~/ground: check the request, queue it (or wait for the next camera frame), then yield to
         the executor until the worker answers or the timeout passes."""
         try:
+            if not self._io_open:
+                raise ValueError("the node is not active: activate it first (lifecycle transition activate)")
             job = parse_request(request, self.settings.ground_timeout_s)
         except ValueError as e:
             response.success, response.message = False, str(e)
@@ -289,7 +336,7 @@ class GroundingNode(Node):
     # ------------------------------------------------------------------ inference (worker thread)
     def _run_worker(self, built: "queue.Queue[StartupError | None]") -> None:
         try:
-            self._load_model()
+            self._build_grounder()
         except StartupError as e:
             built.put(e)
             return
@@ -300,20 +347,28 @@ class GroundingNode(Node):
         built.put(None)
         next_start = 0.0
         while (item := self._slot.take(frames_from=next_start)) is not None:
-            if isinstance(item, GroundRequest):
-                self._serve(item)
-                continue
-            try:
-                self._process(item)
-            except Exception as e:  # one bad frame must never stop the node
-                if not self.context.ok():
-                    return  # shutting down: publishers are gone
-                self.stats.count("failed")
-                self.throttled.error("failed",
-                               f"frame skipped, inference failed: {type(e).__name__}: {e}")
-                self.get_logger().debug(traceback.format_exc())
+            with self._io_lock:
+                if not self._io_open:
+                    if isinstance(item, GroundRequest):
+                        self._answer(item, False, "the node was deactivated")
+                    continue
+                if isinstance(item, GroundRequest):
+                    self._serve(item)
+                    continue
+                self._process_safely(item)
             rate = self.settings.max_rate_hz
             next_start = max(next_start + 1.0 / rate, time.monotonic()) if rate > 0 else 0.0
+
+    def _process_safely(self, frame: Frame) -> None:
+        """Process one frame; an error is counted and logged, never raised."""
+        try:
+            self._process(frame)
+        except Exception as e:  # one bad frame must never stop the node
+            if not self.context.ok():
+                return  # shutting down: publishers are gone
+            self.stats.count("failed")
+            self.throttled.error("failed", f"frame skipped, inference failed: {type(e).__name__}: {e}")
+            self.get_logger().debug(traceback.format_exc())
 
     def _process(self, frame: Frame) -> None:
         s, msg = self.settings, frame.msg
@@ -608,9 +663,11 @@ def _declare_parameters(node: Node) -> node_parameters.Settings:
 
 
 _FIXES = {
-    "clip_pretrained": "pass a local weights file (-p clip_pretrained:=/path/open_clip_model.safetensors) or copy "
-                       "the file into the Hugging Face cache (docs/install.md, 'CLIP weights'); 'none' gives random "
-                       "weights for tests only",
+    "clip_pretrained": "pass a local weights file, as a launch argument (ros2 launch affordance_clip_ros "
+                       "grounding.launch.py clip_pretrained:=/path/open_clip_model.safetensors) or a node parameter "
+                       "(--ros-args -p clip_pretrained:=/path/open_clip_model.safetensors), or copy the file into the "
+                       "Hugging Face cache (docs/install.md, 'CLIP weights'); 'none' gives random weights for tests "
+                       "only",
     "fpn_checkpoint": "pass a checkpoint written by `affordance-clip train`, or leave fpn_checkpoint empty for the "
                       "training-free head",
     "clip_model": "use an open_clip ResNet CLIP such as RN101 (the paper's) or RN50",
@@ -664,34 +721,42 @@ def _route_python_logging(logger) -> None:
     logging.getLogger("affordance_clip_ros").setLevel(logging.INFO)
 
 
-def main(args: list[str] | None = None) -> NoReturn:
+def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
     """The ``grounding_node`` executable: run the node, then end the process at once (see
-    :func:`_exit_now`). Use :func:`run` to run the node inside a longer-lived Python process."""
-    _exit_now(run(args))
+    :func:`exit_now`). Use :func:`run` to run the node inside a longer-lived Python process."""
+    exit_now(run(args, signals or StopSignals.install()))
 
 
-def run(args: list[str] | None = None) -> int:
+def run(args: list[str] | None = None, signals: StopSignals | None = None, managed: bool = False) -> int:
     """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start.
 
-    The signals only set an event. Shutdown then runs in order on this thread: the worker
-    finishes the frame in hand and stops, the executor stops, the node and only then the ROS
-    context are destroyed. (rclpy's own handlers shut the context down at once, under a worker
-    that may be publishing: that crashed the process with SIGSEGV now and then.)
+    ``signals``: installed by the executable before its imports (see :mod:`.stop_signals`);
+    without it, a signal only stops the node once it runs. A signal only sets an event once the
+    node runs. Shutdown then runs in order on this thread: the worker finishes the frame in hand
+    and stops, the executor stops, the node and only then the ROS context are destroyed.
+    (rclpy's own handlers shut the context down at once, under a worker that may be publishing:
+    that crashed the process with SIGSEGV now and then.) ``managed``: the lifecycle node, which
+    starts unconfigured.
     """
     context = Context()
     rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    stop_requested = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_requested.set())
+    stop_requested = signals.requested if signals else threading.Event()
     logger = get_logger(NODE_NAME)
     node = None
     executor = SingleThreadedExecutor(context=context)
     try:
-        node = GroundingNode(context=context)
+        if managed:
+            from .managed_node import ManagedGroundingNode
+            node = ManagedGroundingNode(context=context, signals=signals)
+        else:
+            node = GroundingNode(context=context)
         logger = node.get_logger()
         _route_python_logging(logger)
-        node.start()
+        if not managed:
+            node.start()
         executor.add_node(node)
+        if signals:
+            signals.started()
         while not stop_requested.is_set() and context.ok():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     except StartupError as e:
@@ -707,20 +772,3 @@ def run(args: list[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Flush every output and end the process without the interpreter's finalisation.
-
-    By now the node, its DDS entities and the ROS context are shut down and the ROS log is
-    flushed; what is left is tearing down torch, ONNX Runtime and the DDS libraries, which takes
-    1 to 1.5 s on two cores and would make Ctrl-C / SIGTERM take that much longer.
-    """
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        ctypes.CDLL(None).fflush(None)  # C stdio buffers (RCUTILS_LOGGING_USE_STDOUT=1 writes there)
-    except (OSError, AttributeError):
-        pass
-    os._exit(code)

@@ -11,6 +11,7 @@ import ctypes.util
 
 import cv2
 import numpy as np
+import torch
 
 from ..model.grounder import AffordanceGrounder, AffordancePrediction
 from ..model.peaks import Peak
@@ -55,8 +56,11 @@ def _to_size(prediction: AffordancePrediction, height: int, width: int) -> Affor
 
 
 def release_free_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``): after a huge frame the
-    allocator would otherwise keep hundreds of MB of it resident. A no-op without glibc."""
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op without glibc) and
+    freed CUDA blocks back to the driver: after a huge frame or a freed model the allocators
+    would otherwise keep hundreds of MB of it."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

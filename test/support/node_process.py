@@ -20,8 +20,9 @@ from affordance_clip_ros.ros.client import PACKAGE, GroundingClient, fastdds_pro
 from affordance_clip_ros.ros.compat import fastdds_profile_variable
 
 
-def installed_executable() -> Path:
-    return Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / "grounding_node"
+def installed_executable(name: str = "grounding_node") -> Path:
+    """grounding_node or managed_grounding_node, as `ros2 run` finds it."""
+    return Path(get_package_prefix(PACKAGE)) / "lib" / PACKAGE / name
 
 
 def installed_share() -> Path:
@@ -73,13 +74,14 @@ def _param_arg(name: str, value: Any) -> str:
 
 
 class NodeProcess:
-    """The installed grounding node in a subprocess; its console output goes to a log file."""
+    """The installed grounding node (``executable``: or the managed one) in a subprocess; its
+    console output goes to a log file."""
 
     def __init__(self, parameters: Mapping[str, Any], namespace: str = "/", remappings: Mapping[str, str] | None = None,
                  env: Mapping[str, str] | None = None, params_file: str | None = None,
-                 log_path: str | os.PathLike | None = None):
+                 log_path: str | os.PathLike | None = None, executable: str = "grounding_node"):
         self.namespace = namespace
-        args = [str(installed_executable()), "--ros-args", "-r", f"__ns:={namespace}"]
+        args = [str(installed_executable(executable)), "--ros-args", "-r", f"__ns:={namespace}"]
         if params_file:
             args += ["--params-file", str(params_file)]
         for name, value in parameters.items():
