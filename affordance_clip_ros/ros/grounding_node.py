@@ -171,6 +171,10 @@ class GroundingNode(Node):
         if self._worker is not None:
             self._worker.join(timeout_s)
 
+    def destroy_node(self) -> None:
+        self._close_cameras()
+        super().destroy_node()
+
     # ------------------------------------------------------------------ parameters
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
         self.settings = self.settings.updated({p.name: p.value for p in parameters})
