@@ -147,12 +147,13 @@ def main() -> int:
             row["rss_saved_mb"] = row["rss_of_n_nodes_mb"] - row["rss_mb"]
     columns = list(rows[0])
     print(f"CLIP {args.clip_model}, device {args.device}, {WIDTH}x{HEIGHT} at {args.rate:g} Hz per camera, "
-          f"{args.seconds:g} s")
+          f"{args.seconds:g} s, load average {os.getloadavg()[0]:.1f}")
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     if args.json:
         Path(args.json).write_text(json.dumps({"clip_model": args.clip_model, "device": args.device,
+                                               "load_average": os.getloadavg()[0],
                                                "rate_hz": args.rate, "seconds": args.seconds, "rows": rows}, indent=2))
     return 0
 

