@@ -22,11 +22,11 @@ this process plays N cameras (one thread each, reliable, 30 Hz) and records each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +36,7 @@ import skimage.data
 from affordance_clip_ros.ros.client import GroundingClient, use_fastdds_profile_here
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
-import support  # test/support/: the node as a subprocess, domain ids
+import support  # test/support/: the node as a subprocess, domain ids, the camera player
 
 PROMPT = "drink with"
 WIDTH, HEIGHT = 640, 480
@@ -48,39 +48,6 @@ def proc_status_mb(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} line for process {pid}")
-
-
-class Camera:
-    """Plays one camera: ``rgb`` at ``rate_hz`` on a thread; remembers when each stamp was sent."""
-
-    def __init__(self, client: GroundingClient, rgb, rate_hz: float):
-        self.client, self.rgb, self.period = client, rgb, 1.0 / rate_hz
-        self.sent: dict[tuple[int, int], float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        next_at = time.perf_counter()
-        while not self._stop.is_set():
-            sent = time.perf_counter()
-            header = self.client.publish_image(self.rgb)
-            self.sent[(header.stamp.sec, header.stamp.nanosec)] = sent
-            next_at += self.period
-            self._stop.wait(max(0.0, next_at - time.perf_counter()))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-
-    def answered(self) -> list[tuple[float, float]]:
-        """(latency ms, inference ms) of each frame of this run that got a result."""
-        with self.client.lock:
-            return [((arrival - self.sent[stamp]) * 1e3, float(r.inference_ms))
-                    for r, arrival in zip(self.client.results, self.client.result_arrivals)
-                    if (stamp := (r.header.stamp.sec, r.header.stamp.nanosec)) in self.sent]
 
 
 def run(n: int, model: dict, rgb, seconds: float, rate_hz: float, timeout: float) -> dict:
@@ -99,16 +66,16 @@ def run(n: int, model: dict, rgb, seconds: float, rate_hz: float, timeout: float
             if not client.stream_until(lambda c=client: c.results, rgb, timeout=timeout):
                 raise SystemExit(f"{client.camera} never answered; the node's log:\n{node.log()}")
         time.sleep(1.0)
-        cameras = [Camera(client, rgb, rate_hz) for client in clients]
-        start = time.perf_counter()
-        for camera in cameras:
-            camera.start()
-        time.sleep(seconds)
-        for camera in cameras:
-            camera.stop()
+        cameras = [support.CameraPlayer(client, rgb, rate_hz) for client in clients]
+        with contextlib.ExitStack() as playing:
+            start = time.perf_counter()
+            for camera in cameras:
+                playing.enter_context(camera)
+            time.sleep(seconds)
         elapsed = time.perf_counter() - start
         time.sleep(1.0)  # the last results
-        answered = [camera.answered() for camera in cameras]
+        answered = [[(latency, float(result.inference_ms)) for latency, result in camera.answered()]
+                    for camera in cameras]
         rss, peak = proc_status_mb(node.pid, "VmRSS"), proc_status_mb(node.pid, "VmHWM")
     finally:
         for client in clients:

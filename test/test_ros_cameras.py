@@ -7,7 +7,6 @@ frames waiting from both are inferred in one batch, and a fast camera does not s
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
 
 import support
-from affordance_clip_ros.ros.frames import stamp_ns
+from support import CameraPlayer
 
 if not support.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
@@ -66,32 +65,6 @@ def cameras(images, tmp_path_factory):
         node.stop()
 
 
-class Player:
-    """Publishes one camera's image at ``rate_hz`` on a thread; records the stamps sent."""
-
-    def __init__(self, client, rgb, rate_hz: float, frame_id: str):
-        self.client, self.rgb, self.period, self.frame_id = client, rgb, 1.0 / rate_hz, frame_id
-        self.sent: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            self.sent.append(stamp_ns(self.client.publish_image(self.rgb, self.client.header(frame_id=self.frame_id))
-                                      .stamp))
-            next_at += self.period
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def __enter__(self) -> "Player":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-
-
 def test_each_camera_gets_its_own_results_and_the_prompts_are_shared(cameras, images):
     node, clients = cameras
     clients["head"].publish_prompt("cut with; pour")
@@ -117,18 +90,17 @@ def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_bat
     time.sleep(0.5)
     for client in clients.values():
         client.clear()
-    small = {name: cv2.resize(rgb, (320, 240)) for name, rgb in images.items()}  # batches well under 200 ms
-    with Player(head, small["head"], 100.0, "head") as fast, Player(wrist, small["wrist"], 5.0, "wrist") as slow:
+    small = {name: cv2.resize(rgb, (320, 240)) for name, rgb in images.items()}  # shorter batches
+    with CameraPlayer(head, small["head"], 100.0, "head") as fast, \
+            CameraPlayer(wrist, small["wrist"], 5.0, "wrist") as slow:
         time.sleep(6.0)
     time.sleep(1.0)  # the last frames' results
-    with wrist.lock, head.lock:
-        wrist_done = {stamp_ns(r.header.stamp) for r in wrist.results} & set(slow.sent)
-        head_done = {stamp_ns(r.header.stamp) for r in head.results} & set(fast.sent)
-        pairs = {r.inference_ms for r in head.results} & {r.inference_ms for r in wrist.results}
+    wrist_done, head_done = slow.answered(), fast.answered()
+    pairs = {r.inference_ms for _, r in head_done} & {r.inference_ms for _, r in wrist_done}
     assert len(fast.sent) > 2 * len(head_done), f"head sent {len(fast.sent)}, answered {len(head_done)}: not flooded"
     # head is in every batch, and so is wrist whenever a frame of it waits: it is answered about as
     # often as it sends or as batches run, whichever is less (with jitter when they are close, as
-    # on a loaded machine); a newest-frame-of-all slot answered 5 of 31 wrist frames here
+    # on a loaded machine); a newest-frame-of-all slot answered 4 or 5 of 31 wrist frames here
     assert len(wrist_done) >= 0.5 * min(len(slow.sent), len(head_done)), \
         f"wrist sent {len(slow.sent)}, answered only {len(wrist_done)}; head answered {len(head_done)}"
     assert pairs, "no head and wrist frames were inferred in one batch"
@@ -137,7 +109,7 @@ def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_bat
 def test_diagnostics_report_each_camera_and_warn_for_the_silent_one(cameras, images):
     _, clients = cameras
     head, wrist = clients["head"], clients["wrist"]
-    with Player(head, images["head"], 10.0, "head"):
+    with CameraPlayer(head, images["head"], 10.0, "head"):
         time.sleep(0.5)
         wrist.clear()
         silent = wrist.wait_for(lambda: [d for d in wrist.diagnostics if d["_level"] == 1
@@ -152,7 +124,7 @@ def test_diagnostics_report_each_camera_and_warn_for_the_silent_one(cameras, ima
 def test_ground_takes_a_camera_name(cameras, images):
     _, clients = cameras
     head, wrist = clients["head"], clients["wrist"]
-    with Player(head, images["head"], 10.0, "head"), Player(wrist, images["wrist"], 10.0, "wrist"):
+    with CameraPlayer(head, images["head"], 10.0, "head"), CameraPlayer(wrist, images["wrist"], 10.0, "wrist"):
         by_name = head.ground(["grasp"], camera="wrist", timeout=10.0)
         first = wrist.ground(["grasp"], camera="", timeout=10.0)
         unknown = head.ground(["grasp"], camera="left", timeout=10.0)
