@@ -20,6 +20,7 @@ IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "auto")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 RESULT_ENCODINGS = ("32FC1", "mono8")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one token of a ROS name
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,9 @@ PARAMS: tuple[ParamSpec, ...] = (
               range=(0, 8192, 1)),
     ParamSpec("result_encoding", "32FC1", "encoding of the maps in ~/result: 32FC1 (float) or mono8 "
               "(round(255 * score), a quarter of the size)", choices=RESULT_ENCODINGS),
+    ParamSpec("cameras", [], "camera names served by one model: camera N subscribes N/image (N/depth, "
+              "N/camera_info) and publishes under ~/N/; empty = one camera on image, outputs under ~/",
+              read_only=True),
     ParamSpec("image_qos", "auto",
               "image, depth and camera_info subscription reliability: auto (match the publishers: reliable "
               "when they all are, else best effort), sensor_data (best effort), or reliable",
@@ -125,6 +129,18 @@ def check_value(name: str, value: Any) -> str | None:
             validate_background_prompts(list(value))
         except ValueError as e:
             return str(e)
+    if name == "cameras":
+        return check_cameras(list(value))
     if name in ("depth_window", "normal_window") and int(value) % 2 == 0:
         return f"{name} must be odd, got {value}"
+    return None
+
+
+def check_cameras(names: list[str]) -> str | None:
+    """Why a ``cameras`` list is refused (a name that is no ROS name token, a repeat), or None."""
+    if bad := [n for n in names if not CAMERA_NAME.match(n)]:
+        return (f"cameras: '{bad[0]}' is not a camera name; use letters, digits and '_', starting with a letter "
+                "(it becomes part of topic names: head, wrist_left)")
+    if len(set(names)) != len(names):
+        return f"cameras: '{next(n for n in names if names.count(n) > 1)}' is given twice"
     return None

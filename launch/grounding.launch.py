@@ -4,6 +4,8 @@
     ros2 launch affordance_clip_ros grounding.launch.py use_depth:=true rviz:=true \\
         depth_topic:=/camera/aligned_depth_to_color/image_raw camera_info_topic:=/camera/color/camera_info
     ros2 topic pub --once /affordance/query std_msgs/msg/String "{data: 'cut with'}"
+    ros2 launch affordance_clip_ros grounding.launch.py cameras:="[head, wrist]" \\
+        image_topic:=/{camera}/color/image_raw     # one model, two cameras: /head/color/image_raw, ...
     ros2 launch affordance_clip_ros grounding.launch.py managed:=true autostart:=false  # a lifecycle manager drives it
 
 managed: true starts managed_grounding_node, the lifecycle node; autostart (default true) takes it
@@ -20,6 +22,11 @@ processes are not lost, unless FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT
 is already set (a robot's own profile is kept); true always uses the package's profile, false
 never. On Humble and Jazzy (Fast DDS 2) the variable set is FASTRTPS_DEFAULT_PROFILES_FILE. Give the camera driver
 the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
+
+cameras ("[head, wrist]" or "head, wrist"): one node serves several cameras; camera N subscribes
+N/image (N/depth, N/camera_info) and publishes under ~/N/. Then image_topic, depth_topic and
+camera_info_topic apply to every camera when they contain {camera} (replaced by its name); without
+it, camera N's topics stay <namespace>/N/image and so on.
 """
 import os
 
@@ -60,6 +67,9 @@ ARGUMENTS = (
      "YAML parameter file; use_depth, device, clip_pretrained, fpn_checkpoint and compile override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
+    ("cameras", "", "camera names for one node, '[head, wrist]' or 'head, wrist': camera N subscribes N/image "
+     "(with use_depth N/depth, N/camera_info) and publishes under ~/N/; the topic arguments then apply per camera "
+     "when they contain {camera} (empty: params_file's value, one camera)"),
     ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
      "auto = unless FASTDDS_DEFAULT_PROFILES_FILE is set, true, false"),
     ("managed", "false", "true: start managed_grounding_node, the lifecycle node (standard lifecycle services)"),
@@ -85,6 +95,9 @@ def _launch_setup(context) -> list:
     overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=kind)
                  for name, kind in PARAMETER_ARGUMENTS.items() if value[name]}
     managed, autostart = _boolean("managed", value["managed"]), _boolean("autostart", value["autostart"])
+    cameras = _camera_names(value["cameras"])
+    if cameras:
+        overrides["cameras"] = cameras
     node = (LifecycleNode if managed else Node)(
         package=PACKAGE,
         executable="managed_grounding_node" if managed else "grounding_node",
@@ -93,12 +106,7 @@ def _launch_setup(context) -> list:
         output="screen",
         emulate_tty=True,
         parameters=[value["params_file"], overrides],
-        remappings=[
-            ("image", value["image_topic"]),
-            ("depth", value["depth_topic"]),
-            ("camera_info", value["camera_info_topic"]),
-            ("/affordance/query", value["query_topic"]),
-        ],
+        remappings=[*_camera_remappings(value, cameras), ("/affordance/query", value["query_topic"])],
     )
     rviz = Node(
         package="rviz2",
@@ -133,6 +141,24 @@ def _boolean(name: str, text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise ValueError(f"{name} must be true or false, got '{text}'")
     return text.lower() == "true"
+
+
+def _camera_names(text: str) -> list[str]:
+    """'[head, wrist]', 'head, wrist' or 'head' -> ['head', 'wrist']; '' -> []."""
+    return [name.strip().strip("'\"") for name in text.strip().strip("[]").split(",") if name.strip()]
+
+
+def _camera_remappings(value: dict[str, str], cameras: list[str]) -> list[tuple[str, str]]:
+    """The node's camera topics -> the topic arguments: for one camera as given; for several, per
+    camera where an argument holds {camera}."""
+    roles = {"image": value["image_topic"], "depth": value["depth_topic"], "camera_info": value["camera_info_topic"]}
+    if not cameras:
+        if templated := [f"{role}_topic" for role, topic in roles.items() if "{camera}" in topic]:
+            raise ValueError(f"{', '.join(templated)} contain {{camera}} but no cameras are given; set cameras, "
+                             "e.g. cameras:=\"[head, wrist]\"")
+        return list(roles.items())
+    return [(f"{name}/{role}", topic.replace("{camera}", name))
+            for name in cameras for role, topic in roles.items() if "{camera}" in topic]
 
 
 def _use_package_profile(choice: str, already_set: bool) -> bool:

@@ -122,6 +122,24 @@ def test_backbone_runs_once_for_many_prompts(tiny_grounder, coffee):
     assert one == 1 and len(calls) == 2
 
 
+def test_a_batch_of_frames_runs_the_backbone_once_and_matches_one_frame_at_a_time(tiny_grounder, coffee):
+    """Several cameras' frames (any sizes, one prompt set) in one batch: one backbone call, and each
+    frame's maps as if it had been inferred alone."""
+    frames = [coffee, np.ascontiguousarray(coffee[:240, :320]), np.ascontiguousarray(coffee[::-1])]
+    calls = []
+    handle = tiny_grounder.clip.model.visual.layer4.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        batch = tiny_grounder.predict_batch(frames, ["hold", "cut with"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    for frame, predictions in zip(frames, batch):
+        alone = tiny_grounder.predict(frame, ["hold", "cut with"])
+        assert [p.heatmap.shape for p in predictions] == [frame.shape[:2]] * 2
+        for a, b in zip(alone, predictions):
+            np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-4)
+
+
 def test_random_weights_are_the_same_in_every_run_and_leave_the_caller_s_generator_alone(coffee):
     """clip_pretrained none draws from ``random_seed``: a test or benchmark sees the same model every run."""
     torch.manual_seed(123)

@@ -10,7 +10,7 @@ import yaml
 
 from affordance_clip_ros.cli_common import MODEL_OPTIONS, add_model_arguments, add_parameter_arguments
 from affordance_clip_ros.model import GrounderConfig
-from affordance_clip_ros.parameter_table import MODEL_PARAMS, PARAMS, SPECS
+from affordance_clip_ros.parameter_table import MODEL_PARAMS, PARAMS, SPECS, check_value
 
 ROS_DOC = Path(__file__).resolve().parents[1] / "docs" / "ros.md"
 
@@ -67,3 +67,10 @@ def test_the_ros_page_lists_the_table():
         spec = SPECS[name]
         assert yaml.safe_load(default) == spec.default, f"{name}: page {default}, table {spec.default!r}"
         assert run_time == ("no" if spec.read_only else "yes"), f"{name}: page says run time '{run_time}'"
+
+
+def test_camera_names_become_topic_names_or_are_refused():
+    assert check_value("cameras", []) is None and check_value("cameras", ["head", "wrist_left2"]) is None
+    assert "'head' is given twice" in check_value("cameras", ["head", "wrist", "head"])
+    for bad in ("", "2nd", "wrist/left", "head cam", "~head"):
+        assert f"'{bad}' is not a camera name" in check_value("cameras", ["head", bad]), bad

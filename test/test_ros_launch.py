@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "grounding.launch.py"
 EXPECTED_ARGUMENTS = {"image_topic", "depth_topic", "camera_info_topic", "query_topic", "use_depth", "device",
                       "clip_pretrained", "fpn_checkpoint", "compile", "params_file", "namespace", "rviz",
-                      "use_fastdds_profile", "managed", "autostart"}
+                      "use_fastdds_profile", "cameras", "managed", "autostart"}
 # Where each argument must end up.
 TO_NODE_REMAP = {"image_topic": "image", "depth_topic": "depth", "camera_info_topic": "camera_info",
                  "query_topic": grounding_node.QUERY_TOPIC}
@@ -68,7 +68,7 @@ def test_declares_exactly_the_issue_arguments(tree):
     assert ast.literal_eval(args["use_fastdds_profile"]) == "auto"  # unless the robot has its own profile
     assert ast.literal_eval(args["rviz"]) == "false"
     assert ast.literal_eval(args["query_topic"]) == grounding_node.QUERY_TOPIC
-    for name in TO_NODE_PARAM:  # empty: the params file decides
+    for name in [*TO_NODE_PARAM, "cameras"]:  # empty: the params file decides
         assert ast.literal_eval(args[name]) == "", name
 
 
@@ -192,6 +192,23 @@ def test_parameters_not_given_come_from_the_params_file(launch_file):
     assert set(node.kwargs["parameters"][1]) == {"use_depth"}
 
 
+@pytest.mark.parametrize("given", ["[head, wrist]", "head,wrist", " head , wrist ", "['head', 'wrist']"])
+def test_cameras_argument_sets_the_parameter_and_remaps_each_camera(launch_file, given):
+    actions = _launch(launch_file, cameras=given, image_topic="/{camera}/color/image_raw",
+                      camera_info_topic="/{camera}/color/camera_info", use_depth="true")
+    [node] = [n for n in actions["Node"] if n.kwargs["executable"] == "grounding_node"]
+    assert node.kwargs["parameters"][1]["cameras"] == ["head", "wrist"]
+    assert dict(node.kwargs["remappings"]) == {
+        "head/image": "/head/color/image_raw", "head/camera_info": "/head/color/camera_info",
+        "wrist/image": "/wrist/color/image_raw", "wrist/camera_info": "/wrist/color/camera_info",
+        grounding_node.QUERY_TOPIC: grounding_node.QUERY_TOPIC}  # depth_topic has no {camera}: N/depth stays
+
+
+def test_a_camera_placeholder_without_cameras_is_refused(launch_file):
+    with pytest.raises(ValueError, match=r"image_topic contain \{camera\} but no cameras are given"):
+        _launch(launch_file, image_topic="/{camera}/color/image_raw")
+
+
 @pytest.mark.parametrize("choice, already_set, applied", [
     ("auto", None, True), ("auto", "FASTDDS_DEFAULT_PROFILES_FILE", False),
     ("auto", "FASTRTPS_DEFAULT_PROFILES_FILE", False),
@@ -276,7 +293,7 @@ def test_settings_has_one_field_per_table_entry():
 
 def test_parameter_descriptors():
     read_only = {spec.name for spec in params.PARAMS if spec.read_only}
-    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "image_qos", "image_transport"}
+    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "cameras", "image_qos", "image_transport"}
     for spec in params.PARAMS:
         d = params.descriptor(spec)
         assert d.description and d.name == spec.name

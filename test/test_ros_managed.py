@@ -63,7 +63,7 @@ def test_every_transition_over_the_lifecycle_services(tmp_path):
     node, client = start_managed("lifecycle", 11, tmp_path / "node.log", **RN101)
     events: list[tuple[str, str]] = []
     client.node.create_subscription(
-        TransitionEvent, f"{client.output_prefix}/transition_event",
+        TransitionEvent, f"{client.node_path}/transition_event",
         lambda e: events.append((e.start_state.label, e.goal_state.label)), 10)
     try:
         assert client.lifecycle_state(timeout=60) == "unconfigured", node.log()
@@ -145,6 +145,34 @@ def test_a_failed_configure_is_reported_and_the_node_stays_unconfigured_and_aliv
         assert client.change_state("shutdown") and client.lifecycle_state() == "finalized"
     finally:
         client.close()
+        rc = node.stop()
+    assert rc == 0 and "Traceback" not in node.log(), node.log()
+
+
+def test_several_cameras_follow_the_transitions_together(tmp_path):
+    """With cameras set, activate serves every camera and deactivate unsubscribes every one."""
+    coffee = skimage.data.coffee()
+    domain, ns = support.free_domain_id(17), f"/t{os.getpid()}_managed_cams"
+    node = support.NodeProcess({**TINY, "prompts": "hold", "cameras": ["head", "wrist"]}, namespace=ns,
+                               remappings={"/affordance/query": f"{ns}/affordance/query"},
+                               env=support.ros_env(domain), log_path=tmp_path / "node.log",
+                               executable="managed_grounding_node").start()
+    clients = {name: support.GroundingClient(ns, domain, image_topic=f"{ns}/{name}/image", camera=name,
+                                             query_topic=f"{ns}/affordance/query", outputs=("result",))
+               for name in ("head", "wrist")}
+    head = clients["head"]
+    try:
+        assert head.lifecycle_state(timeout=60) == "unconfigured"
+        assert head.change_state("configure") and head.change_state("activate"), node.log()
+        for name, client in clients.items():
+            assert client.stream_until(lambda c=client: c.results, coffee, timeout=60, frame_id=name), node.log()
+            assert node_subscribes_images(client)
+        assert head.change_state("deactivate"), node.log()
+        for client in clients.values():
+            assert published_nothing(client, coffee) and not node_subscribes_images(client)
+    finally:
+        for client in clients.values():
+            client.close()
         rc = node.stop()
     assert rc == 0 and "Traceback" not in node.log(), node.log()
 

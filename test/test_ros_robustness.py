@@ -74,15 +74,25 @@ def test_latest_slot_keeps_the_newest_and_never_blocks_put():
     slot = LatestSlot()
     replaced = [slot.put(Frame(i, 0.0)) for i in range(5)]
     assert replaced == [False, True, True, True, True]
-    assert slot.take(0).msg == 4 and slot.take(0.01) is None
+    assert [f.msg for f in slot.take(0)] == [4] and slot.take(0.01) is None
     taken = []
     worker = threading.Thread(target=lambda: taken.append(slot.take()))
     worker.start()
     slot.put(Frame("x", 0.0))
     worker.join(2)
-    assert taken[0].msg == "x"
+    assert [f.msg for f in taken[0]] == ["x"]
     slot.close()
     assert slot.take() is None
+
+
+def test_latest_slot_keeps_the_newest_of_each_camera_and_hands_them_out_as_one_batch():
+    """A camera at 100 Hz only replaces its own frame: the slow camera's waits for the next batch."""
+    slot = LatestSlot()
+    assert slot.put(Frame("wrist 0", 0.0, "wrist")) is False
+    assert [slot.put(Frame(f"head {i}", 0.0, "head")) for i in range(20)] == [False] + [True] * 19
+    assert [(f.camera, f.msg) for f in slot.take(0)] == [("wrist", "wrist 0"), ("head", "head 19")]
+    slot.put(Frame("head 20", 0.0, "head"))
+    assert [f.msg for f in slot.take(0)] == ["head 20"] and slot.take(0.01) is None
 
 
 def test_latest_slot_takes_frames_and_requests_in_turn_and_rate_limits_frames_only():
@@ -90,13 +100,13 @@ def test_latest_slot_takes_frames_and_requests_in_turn_and_rate_limits_frames_on
     for i in range(3):
         slot.put_request(f"r{i}")
     slot.put(Frame("f0", 0.0))
-    assert [getattr(item, "msg", item) for item in (slot.take(0), slot.take(0))] == ["r0", "f0"]
+    assert [item[0].msg if isinstance(item, list) else item for item in (slot.take(0), slot.take(0))] == ["r0", "f0"]
     slot.put(Frame("f1", 0.0))
     later = time.monotonic() + 0.3
     assert slot.take(0, frames_from=later) == "r1"  # the frame waits for its turn, a request does not
     assert slot.take(0, frames_from=later) == "r2"
     start = time.monotonic()
-    assert slot.take(1.0, frames_from=later).msg == "f1" and time.monotonic() >= later > start
+    assert slot.take(1.0, frames_from=later)[0].msg == "f1" and time.monotonic() >= later > start
 
 
 def _depth_msg(stamp_ns: int) -> Image:

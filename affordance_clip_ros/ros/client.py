@@ -94,6 +94,9 @@ class GroundingClient:
     ``overlay`` only while someone subscribes: leave it out to spare that work). Recorded lists
     are appended to from a background thread; read them through :meth:`wait_for` or under
     :attr:`lock`.
+    ``camera``: with a node serving several cameras (parameter ``cameras``), the camera whose
+    outputs (``~/<camera>/...``) and /diagnostics status are recorded; ``ground`` then asks for
+    it unless told otherwise. Give ``image_topic`` etc. as that camera's topics.
     """
 
     def __init__(self, namespace: str = "", domain_id: int | None = None, *, query_topic: str = QUERY_TOPIC,
@@ -101,13 +104,14 @@ class GroundingClient:
                  depth_topic: str = "/camera/aligned_depth_to_color/image_raw",
                  camera_info_topic: str = "/camera/color/camera_info",
                  image_reliability=ReliabilityPolicy.RELIABLE, node_name: str | None = None,
-                 outputs: Iterable[str] = OUTPUTS):
+                 outputs: Iterable[str] = OUTPUTS, camera: str = ""):
         if unknown := set(outputs) - set(OUTPUTS):
             raise ValueError(f"unknown outputs {sorted(unknown)}; choose from {', '.join(OUTPUTS)}")
         self.namespace = namespace.rstrip("/")
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        node_name = node_name or "grounding_client" + self.namespace.replace("/", "_")
+        default_name = "grounding_client" + self.namespace.replace("/", "_") + (f"_{camera}" if camera else "")
+        node_name = node_name or default_name
         self.node = rclpy.create_node(node_name, context=self.context)
         self.lock = threading.Condition()
         self.results: list[AffordanceResult] = []
@@ -121,7 +125,9 @@ class GroundingClient:
 
         self.image_topic, self.depth_topic = image_topic, depth_topic
         self.info_topic, self.query_topic = camera_info_topic, query_topic
-        self.output_prefix = f"{self.namespace}/{NODE_NAME}"
+        self.camera = camera
+        self.node_path = node_path = f"{self.namespace}/{NODE_NAME}"
+        self.output_prefix = f"{node_path}/{camera}" if camera else node_path
         sensor_qos = QoSProfile(depth=100, reliability=image_reliability)
         self.image_pub = self.node.create_publisher(Image, self.image_topic, sensor_qos)
         self.depth_pub = self.node.create_publisher(Image, self.depth_topic, sensor_qos)
@@ -138,10 +144,10 @@ class GroundingClient:
             msg_type, store = recorded[name]
             self.node.create_subscription(msg_type, f"{self.output_prefix}/{name}", self._recorder(store), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
-        self.parameters = AsyncParameterClient(self.node, f"{self.output_prefix}")
-        self.ground_client = self.node.create_client(Ground, f"{self.output_prefix}/ground")
-        self._get_state = self.node.create_client(GetState, f"{self.output_prefix}/get_state")
-        self._change_state = self.node.create_client(ChangeState, f"{self.output_prefix}/change_state")
+        self.parameters = AsyncParameterClient(self.node, node_path)
+        self.ground_client = self.node.create_client(Ground, f"{node_path}/ground")
+        self._get_state = self.node.create_client(GetState, f"{node_path}/get_state")
+        self._change_state = self.node.create_client(ChangeState, f"{node_path}/change_state")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -260,16 +266,18 @@ class GroundingClient:
 
     def ground(self, prompts: Iterable[str], image: np.ndarray | Image | None = None,
                depth: np.ndarray | Image | None = None, camera_info: CameraInfo | None = None,
-               timeout: float = 10.0, camera: str = "", frame_id: str = "camera_optical_frame") -> Ground.Response:
+               timeout: float = 10.0, camera: str | None = None, frame_id: str = "camera_optical_frame"
+               ) -> Ground.Response:
         """Call the node's ``~/ground`` service: one map per prompt, on ``image`` (an RGB uint8 array
         or an Image) or, when None, on the camera's next frame (with its paired depth when the node
         uses depth). ``depth``: aligned to ``image``, float32 metres or uint16 millimetres (or an
         Image); ``camera_info``: its intrinsics (None: the camera's latest); ``camera``: which of the
-        node's cameras (empty: the first). The node waits
+        node's cameras (None: the client's ``camera``; empty: the first). The node waits
         ``timeout`` seconds at most; the response says ``success`` and, if not, why (``message``).
         TimeoutError when the service is not there or does not answer."""
         header = self.header(frame_id=frame_id)
-        request = Ground.Request(prompts=list(prompts), timeout_s=float(timeout), camera=camera)
+        request = Ground.Request(prompts=list(prompts), timeout_s=float(timeout),
+                                 camera=self.camera if camera is None else camera)
         if image is not None:
             request.image = image if isinstance(image, Image) else numpy_to_image(image, "rgb8", header)
         if depth is not None:

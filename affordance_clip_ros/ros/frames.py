@@ -1,8 +1,9 @@
 """Small thread-safe pieces between the subscription callbacks and the inference worker.
 
-* :class:`LatestSlot`: holds the newest unprocessed frame; a new frame replaces an older one
-  (and is counted), so the worker always takes the newest and callbacks never wait. Beside it,
-  a queue of one-shot requests (~/ground), taken in turn with the frames.
+* :class:`LatestSlot`: holds the newest unprocessed frame of each camera; a new frame replaces an
+  older one of its camera (and is counted), so the worker always takes the newest and callbacks
+  never wait; the waiting frames of all cameras are taken as one batch. Beside it, a queue of
+  one-shot requests (~/ground), taken in turn with the batches.
 * :class:`DepthBuffer`: depth images waiting for their colour image, matched by stamp.
 * :class:`FrameStats`: counters and latency samples for /diagnostics.
 * :class:`ThrottledLog`: at most one message per reason and period, with a count of the rest.
@@ -25,27 +26,28 @@ def stamp_ns(stamp) -> int:
 class Frame:
     msg: Any  # sensor_msgs/Image as received
     received: float  # time.monotonic() at reception
+    camera: str = ""  # the camera it came from (parameter cameras; "" with one camera)
 
 
 class LatestSlot:
-    """A one-frame mailbox plus a first-in first-out queue of requests: ``put`` and ``put_request``
-    never block; ``take`` waits for either (or ``close``). While both wait, frames and requests are
-    taken in turn, so requests never starve the stream and the stream never starves them."""
+    """A one-frame mailbox per camera plus a first-in first-out queue of requests: ``put`` and
+    ``put_request`` never block; ``take`` waits for either (or ``close``). ``take`` hands out the
+    newest frame of every camera that has one, as one batch, so a fast camera cannot starve a slow
+    one. While both wait, batches and requests are taken in turn, so requests never starve the
+    stream and the stream never starves them."""
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frames: dict[str, Frame] = {}  # camera -> its newest unprocessed frame
         self._requests: collections.deque = collections.deque()
         self._request_next = True  # whose turn it is when both wait
         self._closed = False
-        self.replaced = 0  # frames overwritten before the worker took them
 
     def put(self, frame: Frame) -> bool:
-        """Store ``frame``; True when it replaced an unprocessed one."""
+        """Store ``frame``; True when it replaced an unprocessed one of its camera."""
         with self._cond:
-            replaced = self._frame is not None
-            self.replaced += replaced
-            self._frame = frame
+            replaced = self._frames.pop(frame.camera, None) is not None
+            self._frames[frame.camera] = frame
             self._cond.notify()
         return replaced
 
@@ -55,23 +57,22 @@ class LatestSlot:
             self._cond.notify()
 
     def take(self, timeout: float | None = None, frames_from: float = 0.0) -> Any:
-        """The newest frame (removing it) or the oldest request; None on timeout or after
-        :meth:`close`. A frame is not taken before ``time.monotonic()`` reaches ``frames_from``
-        (rate limit), a request at once."""
+        """A batch (list) of the waiting frames, one per camera, oldest arrival first (removing them),
+        or the oldest request; None on timeout or after :meth:`close`. Frames are not taken before
+        ``time.monotonic()`` reaches ``frames_from`` (rate limit), a request at once."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while not self._closed:
                 now = time.monotonic()
-                frame_ready = self._frame is not None and now >= frames_from
-                if self._requests and (self._request_next or not frame_ready):
+                frames_ready = bool(self._frames) and now >= frames_from
+                if self._requests and (self._request_next or not frames_ready):
                     self._request_next = False
                     return self._requests.popleft()
-                if frame_ready:
+                if frames_ready:
                     self._request_next = True
-                    frame, self._frame = self._frame, None
-                    return frame
-                waits = [t - now for t in (deadline, frames_from if self._frame is not None else None)
-                         if t is not None]
+                    batch, self._frames = list(self._frames.values()), {}
+                    return batch
+                waits = [t - now for t in (deadline, frames_from if self._frames else None) if t is not None]
                 if deadline is not None and now >= deadline:
                     return None
                 self._cond.wait(max(0.0, min(waits)) if waits else None)

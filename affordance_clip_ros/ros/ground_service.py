@@ -30,6 +30,7 @@ class GroundRequest:
     camera_info: object | None  # sensor_msgs/CameraInfo, or None: the camera's latest
     timeout_s: float
     from_camera: bool
+    camera: str = ""  # which camera of the node ("" with one camera)
     deadline: float = 0.0
     state: str = QUEUED
     response: Ground.Response = field(default_factory=Ground.Response)
@@ -82,8 +83,10 @@ def is_empty_image(image) -> bool:
     return image.width == 0 or image.height == 0
 
 
-def parse_request(request: Ground.Request, default_timeout_s: float) -> GroundRequest:
-    """A :class:`GroundRequest` from a service request; ValueError naming the field and the fix."""
+def parse_request(request: Ground.Request, default_timeout_s: float, cameras: tuple[str, ...] = ()) -> GroundRequest:
+    """A :class:`GroundRequest` from a service request to a node serving ``cameras`` (parameter
+    cameras; empty: one unnamed camera); ValueError naming the field and the fix. An empty
+    ``camera`` means the first camera."""
     prompts = tuple(p.strip() for p in request.prompts)
     if not prompts:
         raise ValueError("prompts: empty; give one or more action phrases such as 'cut with'")
@@ -96,16 +99,20 @@ def parse_request(request: Ground.Request, default_timeout_s: float) -> GroundRe
     timeout_s = float(request.timeout_s)
     if not math.isfinite(timeout_s) or timeout_s < 0:
         raise ValueError(f"timeout_s: {timeout_s} must be 0 (parameter ground_timeout_s) or positive")
-    if request.camera:
-        raise ValueError(f"camera: '{request.camera}' is not a camera of this node, which serves one camera; "
+    camera = request.camera.strip()
+    if camera and not cameras:
+        raise ValueError(f"camera: '{camera}' is not a camera of this node, which serves one camera; "
                          "leave camera empty")
+    if camera and camera not in cameras:
+        raise ValueError(f"camera: '{camera}' is not a camera of this node; its cameras are {', '.join(cameras)} "
+                         "(empty = the first)")
     from_camera = is_empty_image(request.image)
     depth = None if is_empty_image(request.depth) else request.depth
     if from_camera and depth is not None:
         raise ValueError("depth: given without an image; with an empty image the camera's paired depth is used")
     info = request.camera_info if request.camera_info.width or any(request.camera_info.k) else None
     return GroundRequest(prompts, None if from_camera else request.image, depth, info,
-                         timeout_s or default_timeout_s, from_camera)
+                         timeout_s or default_timeout_s, from_camera, camera or (cameras[0] if cameras else ""))
 
 
 class NextSpin:

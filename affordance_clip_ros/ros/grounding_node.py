@@ -7,14 +7,16 @@ Interface (docs/ros.md): subscribes ``image``, ``/affordance/query`` and, with
 ``use_depth``, ``depth`` + ``camera_info``; publishes ``~/result``, ``~/heatmap``, ``~/overlay``,
 ``~/contact_point``, ``~/contact_poses``, ``~/markers`` and ``/diagnostics``; serves ``~/ground``
 (one-shot grounding with the request's own prompts). Every output carries the input image's
-header.
+header. With parameter ``cameras``, each camera N has these inputs under ``N/`` and outputs under
+``~/N/`` (``camera_stream.CameraStream``); one model and one prompt set serve them all.
 
 Threads: the main thread runs a single-threaded executor for the subscription callbacks, the
 timers, the parameter services and ~/ground; each callback only stores what arrived and returns
 (~/ground's yields until its answer is in). One worker thread owns the model: it takes the newest
-frame (a newer frame replaces an unprocessed one, which is counted), runs inference and
-publishes; ~/ground requests are taken in turn with the frames. (rclpy's MultiThreadedExecutor takes images
-late under load: see docs/ros.md, Latency.)
+frame of every camera that has one (a newer frame replaces an unprocessed one of its camera, which
+is counted) as one batch, runs inference once for the batch and publishes; ~/ground requests are
+taken in turn with the batches. (rclpy's MultiThreadedExecutor takes images late under load: see
+docs/ros.md, Latency.)
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from typing import NoReturn
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PointStamped, PoseArray
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.exceptions import ParameterException
@@ -37,11 +38,10 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
-from visualization_msgs.msg import MarkerArray
 
 from ..model.checkpoint import CheckpointError
 from ..model.grounder import AffordanceGrounder
@@ -50,14 +50,15 @@ from ..msg import AffordanceResult
 from ..srv import Ground
 from ..visualization import draw_overlay
 from . import node_parameters
-from .compat import MessageInfo, fastdds_profile_variable
+from .camera_stream import CameraStream
+from .compat import MessageInfo
 from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, rgb_from_message
-from .frames import DepthBuffer, Frame, FrameStats, LatestSlot, LossWindow, ThrottledLog, stamp_ns
+from .frames import Frame, LatestSlot, ThrottledLog, stamp_ns
 from .geometry import DepthError, Deprojector, depth_to_metres, peak_points, surface_normals
 from .ground_service import GroundRequest, NextSpin, parse_request
-from .inference import MAX_INFERENCE_SIDE, predict_any_size, release_free_memory
-from .messages import (best_point, contact_poses, diagnostics_message, heatmap_image, marker_array, point_stamped,
-                       result_heatmap, result_message)
+from .inference import MAX_INFERENCE_SIDE, predict_frames, release_free_memory
+from .messages import (best_point, contact_poses, diagnostic_status, diagnostics_message, heatmap_image, marker_array,
+                       point_stamped, result_heatmap, result_message)
 from .queries import NewestQueries, join_prompts, parse_prompts
 from .stop_signals import StopSignals, exit_now
 
@@ -67,31 +68,14 @@ QUERY_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durabili
 # A second query subscription for publishers with the default QoS (reliable, volatile), which the
 # transient_local one cannot match; a message that reaches both is taken once.
 QUERY_LIVE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-# image_qos: sensor_data = SensorDataQoS (best effort, volatile) or reliable. The image queue
-# holds 1: the node only ever processes the newest frame, a deeper queue would only add latency
-# and memory (Fast DDS keeps a buffer of the largest message seen for every queue slot: five 8K
-# frames are 500 MB). Depth and CameraInfo hold a few, so that a fast depth stream (90 Hz) does
-# not replace a frame's own depth image before the callback has stored it.
-QUEUE_DEPTH = {"image": 1, "depth": 5, "camera_info": 5}
-# Depth 1: only the newest output is kept for late or slow subscribers (bounds memory with big frames).
-OUTPUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 MAX_IMAGE_PIXELS = 8192 * 8192  # larger frames are refused before any copy is made
 LOG_PERIOD_S = 5.0
 # Colour and depth of one capture arrive on two topics in either order: while depth is streaming,
 # wait this long at most for the depth image of a colour frame that is newer than all depth held.
 DEPTH_WAIT_S = 0.3
-IMAGE_SILENCE_WARN_S = 5.0  # prompts set, outputs subscribed, no image for this long: /diagnostics WARN
-# Share of image frames DDS reported lost over the last LOSS_WINDOW_S seconds above which
-# /diagnostics warns (best-effort readers are told of samples that never arrived), once at least
-# LOSS_WARN_MIN_FRAMES were lost: a frame or two lost while a subscription starts is no alarm.
-TRANSPORT_LOSS_WARN = 0.05
-LOSS_WARN_MIN_FRAMES = 5
-LOSS_WINDOW_S = 5.0
 # image_qos auto: the publishers are looked at when one connects (matched event) and every
-# AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher); a replaced
-# subscription keeps delivering until its successor does, and is destroyed then (RETIRE_S at most).
+# AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher).
 AUTO_QOS_PERIOD_S = 0.5
-RETIRE_S = 2.0
 SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
@@ -106,40 +90,23 @@ class GroundingNode(Node):
         self.add_on_set_parameters_callback(node_parameters.validate)
         self.add_post_set_parameters_callback(self._on_parameters_set)
         self.grounder: AffordanceGrounder | None = None
-        self.stats = FrameStats()
         self.throttled = ThrottledLog(self.get_logger(), LOG_PERIOD_S)
         self._slot = LatestSlot()
-        self._depth = DepthBuffer()
-        self._camera_info: CameraInfo | None = None
-        self._marker_frame = ""  # frame_id of the last markers published
         self._markers_lock = threading.Lock()  # a frame's markers and the clear of a prompt change, in order
         self._queries = NewestQueries()
         self._worker: threading.Thread | None = None
-        self._counts_seen: dict[str, int] = {}  # counters at the last /diagnostics
-        self._last_image_at = time.monotonic()
-        self._awaiting_frame: list[GroundRequest] = []  # ~/ground requests for the next camera frame
-        self._awaiting_lock = threading.Lock()
-        # Open (active): the camera subscriptions and the timers exist and outputs are published.
-        # The worker holds the lock for a whole frame, so closing waits for the frame in hand.
+        # Open (active): the cameras' subscriptions and publishers and the timers exist. The worker
+        # holds the lock for a whole batch, so closing waits for the frames in hand to be published.
         self._io_lock = threading.Lock()
         self._io_open = False
-        self._io_timers: list = []
 
         # The callbacks (sensors, prompts, timers, parameter services) run one at a time on the
         # executor's thread, beside the inference worker thread. Sensor callbacks only store the
         # message (LatestSlot, DepthBuffer and FrameStats lock against the worker; the CameraInfo
         # is one reference assignment). The settings snapshot is replaced whole on a parameter
-        # change; the worker reads one per frame.
+        # change; the worker reads one per batch.
 
-        self._pub_result = self.create_publisher(AffordanceResult, "~/result", OUTPUT_QOS)
-        self._pub_heatmap = self.create_publisher(Image, "~/heatmap", OUTPUT_QOS)
-        self._pub_overlay = self.create_publisher(Image, "~/overlay", OUTPUT_QOS)
-        self._pub_contact = self.create_publisher(PointStamped, "~/contact_point", OUTPUT_QOS)
-        self._pub_markers = self.create_publisher(MarkerArray, "~/markers", OUTPUT_QOS)
-        self._pub_poses = self.create_publisher(PoseArray, "~/contact_poses", OUTPUT_QOS)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._outputs = (self._pub_result, self._pub_heatmap, self._pub_overlay, self._pub_contact,
-                         self._pub_markers, self._pub_poses)
         # A waiting ~/ground coroutine holds its callback group until it returns: in a group of its
         # own, reentrant, so that the camera and the prompts (default group) and other requests go on.
         self.create_service(Ground, "~/ground", self._on_ground, callback_group=ReentrantCallbackGroup())
@@ -149,11 +116,8 @@ class GroundingNode(Node):
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_QOS,
                                  event_callbacks=volatile_ok)
         self.create_subscription(String, QUERY_TOPIC, self._on_query, QUERY_LIVE_QOS)
-        self._sensor_subs: dict[str, tuple] = {}  # role -> (subscription, reliability, msg type, callback)
-        self._generation: dict[str, int] = {}  # role -> generation of its newest subscription
-        self._live_generation: dict[str, int] = {}  # role -> newest generation that delivered a message
-        self._retiring: list[tuple] = []  # (role, generation, replaced subscription, monotonic time replaced)
-        self._loss = LossWindow(LOSS_WINDOW_S)
+        self._streams: dict[str, CameraStream] = {}  # camera name ("" for the single camera) -> stream
+        self._timers_open: list = []  # the diagnostics timer and, with image_qos auto, the QoS matching one
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -176,48 +140,37 @@ class GroundingNode(Node):
             raise error
 
     def open_io(self) -> None:
-        """Subscribe to the camera and start the timers: frames are processed and published."""
-        if self.settings.image_transport == "compressed":  # image_transport's name: <remapped image>/compressed
-            self._subscribe_sensor("image", CompressedImage, self._on_image,
-                                   topic=self.resolve_topic_name("image") + "/compressed")
-        else:
-            self._subscribe_sensor("image", Image, self._on_image)
-        if self.settings.use_depth:
-            self._subscribe_sensor("depth", Image, self._depth.add)
-            self._subscribe_sensor("camera_info", CameraInfo, self._on_camera_info)
-        self._io_timers = [self.create_timer(1.0, self._publish_diagnostics)]
+        """Create each camera's subscriptions and publishers (parameter cameras; one unnamed camera
+        when empty) and the timers: frames are processed and published."""
+        for name in self.settings.cameras or ("",):
+            stream = self._streams[name] = CameraStream(self, name, self.throttled)
+            stream.open(self.settings, self._on_image)
+        self._timers_open = [self.create_timer(1.0, self._publish_diagnostics)]
         if self.settings.image_qos == "auto":
-            self._io_timers.append(self.create_timer(AUTO_QOS_PERIOD_S, self._match_publisher_qos))
-        self._last_image_at = time.monotonic()  # camera silence counts from now, not from before the model was built
+            self._timers_open.append(self.create_timer(AUTO_QOS_PERIOD_S, self._match_publisher_qos))
         with self._io_lock:
             self._io_open = True
         s = self.settings
-        topics = ", ".join(f"{sub.topic_name} ({_reliability_name(rel)})"
-                           for sub, rel, _, _ in self._sensor_subs.values())
+        topics = "; ".join(stream.describe_inputs() for stream in self._streams.values())
         self.get_logger().info(
             f"ready: CLIP {s.clip_model} ({self.grounder.mode}) on {self.grounder.device}; inputs {topics}; "
             f"prompts: {join_prompts(s.prompts) or '(none yet: publish on ' + QUERY_TOPIC + ')'}")
 
     def close_io(self) -> None:
-        """Unsubscribe from the camera and stop the timers, after the frame in hand is published;
-        nothing is published until :meth:`open_io`. The model stays."""
+        """After the frames in hand are published, destroy what :meth:`open_io` created: camera
+        traffic stops reaching the process and nothing is published. The model stays."""
         with self._io_lock:
             self._io_open = False
-        for sub, *_ in self._sensor_subs.values():
-            self.destroy_subscription(sub)
-        for _, _, sub, _ in self._retiring:
-            self.destroy_subscription(sub)
-        for timer in self._io_timers:
+        for timer in self._timers_open:
             self.destroy_timer(timer)
-        self._sensor_subs, self._retiring, self._io_timers = {}, [], []
-        self._generation.clear()
-        self._live_generation.clear()
-        self._depth = DepthBuffer()
-        self._camera_info = None
-        with self._awaiting_lock:
-            waiting, self._awaiting_frame = self._awaiting_frame, []
-        for job in waiting:
-            self._answer(job, False, "the node was deactivated before a camera frame came")
+        self._timers_open = []
+        for stream in self._streams.values():
+            with stream.awaiting_lock:
+                waiting, stream.awaiting = stream.awaiting, []
+            for job in waiting:
+                self._answer(job, False, "the node was deactivated before a camera frame came")
+            stream.close()
+        self._streams = {}
 
     def free_model(self) -> None:
         """Stop the worker and free the model, its GPU memory included."""
@@ -238,10 +191,15 @@ class GroundingNode(Node):
         release_free_memory()  # what building the engine freed (export, quantisation): 100-300 MB
 
     def stop(self, timeout_s: float = 1.5) -> None:
-        """Let the worker finish the frame in hand, then end it."""
+        """Let the worker finish the frames in hand, then end it."""
         self._slot.close()
         if self._worker is not None:
             self._worker.join(timeout_s)
+
+    def destroy_node(self) -> None:
+        if self._io_open:
+            self.close_io()
+        super().destroy_node()
 
     # ------------------------------------------------------------------ parameters
     def _on_parameters_set(self, parameters: list[Parameter]) -> None:
@@ -251,12 +209,13 @@ class GroundingNode(Node):
             if self.settings.use_depth:
                 with self._markers_lock:
                     if not self.settings.prompts and self._io_open:
-                        self._clear_markers()
+                        for stream in self._streams.values():
+                            self._clear_markers(stream)
 
-    def _clear_markers(self) -> None:
+    def _clear_markers(self, stream: CameraStream) -> None:
         """Going idle: remove the last frame's markers from RViz rather than leave them as if current."""
-        header = Header(frame_id=self._marker_frame, stamp=self.get_clock().now().to_msg())
-        self._pub_markers.publish(marker_array(header, [], []))
+        header = Header(frame_id=stream.marker_frame, stamp=self.get_clock().now().to_msg())
+        stream.pub["markers"].publish(marker_array(header, [], []))
 
     # ------------------------------------------------------------------ inputs (executor thread)
     def _on_query(self, msg: String, info: MessageInfo) -> None:
@@ -272,63 +231,52 @@ class GroundingNode(Node):
             return
         self.set_parameters([Parameter("prompts", value=join_prompts(parsed.prompts))])
 
-    def _on_image(self, msg: Image | CompressedImage) -> None:
-        self.stats.count("received")
-        if self._awaiting_frame:
-            self._hand_frame_to_requests(msg)
-        if not self.settings.prompts or not self._has_listeners():
-            self.stats.count("idle")
+    def _on_image(self, stream: CameraStream, msg: Image | CompressedImage) -> None:
+        stream.stats.count("received")
+        if stream.awaiting:
+            self._hand_frame_to_requests(stream, msg)
+        if not self.settings.prompts or not stream.has_listeners():
+            stream.stats.count("idle")
             if self.settings.use_depth:  # nothing is paired while idle: depth too old for this frame goes
-                self._depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
+                stream.depth.forget_before(stamp_ns(msg.header.stamp) - int(self.settings.max_depth_age * 1e9))
             why = "no prompts" if not self.settings.prompts else "nobody subscribes to the outputs"
-            self.throttled.info("idle",
-                           f"frames are not processed: {why} (publish on {QUERY_TOPIC} or set parameter prompts)")
+            self.throttled.info(f"idle {stream.name}",
+                           f"frames on {stream.image_topic} are not processed: {why} (publish on {QUERY_TOPIC} or "
+                           "set parameter prompts)")
             return
-        if self._slot.put(Frame(msg, time.monotonic())):
-            self.stats.count("replaced")
-
-    def _has_listeners(self) -> bool:
-        try:
-            return any(pub.get_subscription_count() for pub in self._outputs)
-        except Exception:  # the context is shutting down
-            return False
-
-    def _on_message_lost(self, info) -> None:
-        """DDS reports images that never arrived (best effort): counted as frames_lost."""
-        self.stats.count("lost", int(info.total_count_change))
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._camera_info = msg
+        if self._slot.put(Frame(msg, time.monotonic(), stream.name)):
+            stream.stats.count("replaced")
 
     async def _on_ground(self, request: Ground.Request, response: Ground.Response) -> Ground.Response:
-        """~/ground: check the request, queue it (or wait for the next camera frame), then yield to
+        """~/ground: check the request, queue it (or wait for the camera's next frame), then yield to
         the executor until the worker answers or the timeout passes."""
         try:
             if not self._io_open:
                 raise ValueError("the node is not active: activate it first (lifecycle transition activate)")
-            job = parse_request(request, self.settings.ground_timeout_s)
+            job = parse_request(request, self.settings.ground_timeout_s, self.settings.cameras)
         except ValueError as e:
             response.success, response.message = False, str(e)
             self.get_logger().warning(f"~/ground refused: {e}")
             return response
+        stream = self._streams[job.camera]
         if job.from_camera:
-            with self._awaiting_lock:
-                self._awaiting_frame.append(job)
+            with stream.awaiting_lock:
+                stream.awaiting.append(job)
         else:
             self._slot.put_request(job)
         while not job.done.is_set():
             if time.monotonic() >= job.deadline:
-                job.expire(self._sensor_subs["image"][0].topic_name)
+                job.expire(stream.image_topic)
                 break
             await NextSpin()
-        with self._awaiting_lock:
-            if job in self._awaiting_frame:
-                self._awaiting_frame.remove(job)
+        with stream.awaiting_lock:
+            if job in stream.awaiting:
+                stream.awaiting.remove(job)
         return job.response
 
-    def _hand_frame_to_requests(self, msg) -> None:
-        with self._awaiting_lock:
-            waiting, self._awaiting_frame = self._awaiting_frame, []
+    def _hand_frame_to_requests(self, stream: CameraStream, msg) -> None:
+        with stream.awaiting_lock:
+            waiting, stream.awaiting = stream.awaiting, []
         for job in waiting:
             if job.give_frame(msg):
                 self._slot.put_request(job)
@@ -359,79 +307,91 @@ class GroundingNode(Node):
             rate = self.settings.max_rate_hz
             next_start = max(next_start + 1.0 / rate, time.monotonic()) if rate > 0 else 0.0
 
-    def _process_safely(self, frame: Frame) -> None:
-        """Process one frame; an error is counted and logged, never raised."""
+    def _process_safely(self, batch: list[Frame]) -> None:
+        """Process one batch; an error is counted and logged, never raised."""
         try:
-            self._process(frame)
-        except Exception as e:  # one bad frame must never stop the node
+            self._process(batch)
+        except Exception as e:  # one bad batch must never stop the node
             if not self.context.ok():
                 return  # shutting down: publishers are gone
-            self.stats.count("failed")
-            self.throttled.error("failed", f"frame skipped, inference failed: {type(e).__name__}: {e}")
+            for frame in batch:
+                self._streams[frame.camera].stats.count("failed")
+            self.throttled.error("failed", f"frame(s) skipped, inference failed: {type(e).__name__}: {e}")
             self.get_logger().debug(traceback.format_exc())
 
-    def _process(self, frame: Frame) -> None:
-        s, msg = self.settings, frame.msg
-        try:
-            rgb = rgb_from_message(msg, MAX_IMAGE_PIXELS)
-        except ImageConversionError as e:
-            self.stats.count("rejected")
-            self.throttled.warning("rejected", f"image rejected: {e}")
-            return
-        if not s.prompts:  # cleared while this frame waited
-            return
-        depth = self._paired_depth(msg, s) if s.use_depth else None
-        predictions, inference_ms = self._infer(rgb, s.prompts, s)
-        points, normals = [], []
-        if s.use_depth:
+    def _process(self, batch: list[Frame]) -> None:
+        """The newest frame of each waiting camera, through the model in one batch, then published
+        on each camera's outputs."""
+        s, ready = self.settings, []
+        for frame in batch:
+            stream = self._streams[frame.camera]
             try:
-                points, normals = self._camera_points(msg, depth, rgb.shape[:2], predictions, s)
-            except (DepthError, ImageConversionError) as e:
-                self.stats.count("no_depth")
-                self.throttled.warning("no 3D", f"no 3D contact points for this frame: {e}")
-        points += [None] * (len(predictions) - len(points))
-        self._publish(msg.header, rgb, predictions, points, normals, inference_ms, s)
-        age_ns = self.get_clock().now().nanoseconds - stamp_ns(msg.header.stamp)
-        self.stats.processed(age_ns / 1e6 if stamp_ns(msg.header.stamp) > 0 and age_ns >= 0 else None, inference_ms)
+                ready.append((frame, stream, rgb_from_message(frame.msg, MAX_IMAGE_PIXELS)))
+            except ImageConversionError as e:
+                stream.stats.count("rejected")
+                self.throttled.warning(f"rejected {stream.name}", f"image rejected: {e} ({stream.image_topic})")
+        if not s.prompts or not ready:  # prompts cleared while the frames waited
+            return
+        depths = [self._paired_depth(stream, frame.msg, s) if s.use_depth else None for frame, stream, _ in ready]
+        outputs, inference_ms = self._infer([rgb for _, _, rgb in ready], [stream for _, stream, _ in ready],
+                                            s.prompts, s)
+        for (frame, stream, rgb), depth, predictions in zip(ready, depths, outputs):
+            points, normals = [], []
+            if s.use_depth:
+                try:
+                    points, normals = self._camera_points(stream, frame.msg, depth, rgb.shape[:2], predictions, s)
+                except (DepthError, ImageConversionError) as e:
+                    stream.stats.count("no_depth")
+                    self.throttled.warning(f"no 3D {stream.name}", f"no 3D contact points for this frame: {e} "
+                                           f"({stream.image_topic})")
+            points += [None] * (len(predictions) - len(points))
+            header = frame.msg.header
+            self._publish(stream, header, rgb, predictions, points, normals, inference_ms, s)
+            age_ns = self.get_clock().now().nanoseconds - stamp_ns(header.stamp)
+            stream.stats.processed(age_ns / 1e6 if stamp_ns(header.stamp) > 0 and age_ns >= 0 else None,
+                                   inference_ms)
 
-    def _infer(self, rgb, prompts, s: node_parameters.Settings) -> tuple[list, float]:
-        """(predictions at the image's resolution, inference milliseconds)."""
+    def _infer(self, rgbs: list, streams: list[CameraStream], prompts, s: node_parameters.Settings
+               ) -> tuple[list, float]:
+        """Images of ``streams`` in one batch -> (for each, predictions at its resolution; milliseconds
+        of the batch)."""
         self.grounder.update_settings(**s.peak_settings())
         start = time.perf_counter()
-        predictions, downscaled = predict_any_size(self.grounder, rgb, prompts)
+        outputs = predict_frames(self.grounder, rgbs, prompts)
         inference_ms = (time.perf_counter() - start) * 1e3
-        if downscaled:
-            self.stats.count("downscaled")
-            self.throttled.warning("downscaled",
-                                   f"{rgb.shape[1]}x{rgb.shape[0]} frame downscaled to {MAX_INFERENCE_SIDE} px for "
-                                   "inference")
-            release_free_memory()
-        return predictions, inference_ms
+        for rgb, stream, (_, downscaled) in zip(rgbs, streams, outputs):
+            if downscaled:
+                stream.stats.count("downscaled")
+                self.throttled.warning("downscaled", f"{rgb.shape[1]}x{rgb.shape[0]} frame on {stream.image_topic} "
+                                       f"downscaled to {MAX_INFERENCE_SIDE} px for inference")
+                release_free_memory()
+        return [predictions for predictions, _ in outputs], inference_ms
 
     def _serve(self, job: GroundRequest) -> None:
         """Answer one ~/ground request with one inference (worker thread)."""
         if not job.start():
             return  # timed out while queued
-        s = self.settings
+        s, stream = self.settings, self._streams[job.camera]
         try:
             rgb = rgb_from_message(job.image, MAX_IMAGE_PIXELS)
         except ImageConversionError as e:
             self._answer(job, False, f"image: {e}")
             return
-        depth = self._paired_depth(job.image, s) if job.from_camera and s.use_depth else None
+        depth = self._paired_depth(stream, job.image, s) if job.from_camera and s.use_depth else None
         try:
-            predictions, inference_ms = self._infer(rgb, job.prompts, s)
+            [predictions], inference_ms = self._infer([rgb], [stream], job.prompts, s)
         except Exception as e:  # a request must not stop the worker
             self._answer(job, False, f"inference failed: {type(e).__name__}: {e}")
             return
         points, normals, note = [], [], ""
         try:
             if depth is not None:
-                points, normals = self._camera_points(job.image, depth, rgb.shape[:2], predictions, s)
+                points, normals = self._camera_points(stream, job.image, depth, rgb.shape[:2], predictions, s)
             elif job.depth is not None:
-                info = job.camera_info or self._camera_info
+                info = job.camera_info or stream.camera_info
                 if info is None:
-                    raise DepthError("no camera_info in the request and none received on camera_info")
+                    raise DepthError("no camera_info in the request and none received on "
+                                     f"{stream.topic('camera_info')}")
                 points, normals = self._surface_points(job.depth, info, rgb.shape[:2], predictions, s)
         except (DepthError, ImageConversionError) as e:
             if not job.from_camera:  # the request's own depth or intrinsics are wrong
@@ -448,21 +408,23 @@ class GroundingNode(Node):
         if not success:
             self.get_logger().warning(f"~/ground failed: {message}")
 
-    def _paired_depth(self, msg: Image, s: node_parameters.Settings) -> tuple[bool, Image | None, CameraInfo | None]:
+    @staticmethod
+    def _paired_depth(stream: CameraStream, msg: Image, s: node_parameters.Settings
+                      ) -> tuple[bool, Image | None, CameraInfo | None]:
         """Before inference: (paired, depth image, CameraInfo) of this frame. Its depth image is
         taken now when it is in, so the depth images that arrive while the model runs cannot push
         it out; one still to come is waited for after inference (paired False), while the model runs."""
-        paired, depth_msg = self._depth.nearest_if_final(stamp_ns(msg.header.stamp), s.max_depth_age)
-        return paired, depth_msg, self._camera_info
+        paired, depth_msg = stream.depth.nearest_if_final(stamp_ns(msg.header.stamp), s.max_depth_age)
+        return paired, depth_msg, stream.camera_info
 
-    def _camera_points(self, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None], shape, predictions,
-                       s: node_parameters.Settings) -> tuple[list, list]:
+    def _camera_points(self, stream: CameraStream, msg: Image, depth: tuple[bool, Image | None, CameraInfo | None],
+                       shape, predictions, s: node_parameters.Settings) -> tuple[list, list]:
         """3D points and normals per prompt and peak of a camera frame; DepthError when it has none."""
         paired, depth_msg, info = depth
         if not paired:
-            depth_msg = self._depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
+            depth_msg = stream.depth.nearest(stamp_ns(msg.header.stamp), s.max_depth_age, wait_s=DEPTH_WAIT_S)
         if info is None:
-            raise DepthError("no CameraInfo received on camera_info yet")
+            raise DepthError(f"no CameraInfo received on {stream.topic('camera_info')} yet")
         if depth_msg is None:
             raise DepthError(f"no depth image within max_depth_age={s.max_depth_age} s of the image stamp")
         self._warn_other_frame(msg, depth_msg, info)
@@ -502,30 +464,40 @@ class GroundingNode(Node):
             maps, scale = [image for image, _ in reduced], (reduced[0][1] if reduced else 1.0)
         return result_message(header, predictions, points, inference_ms, maps, normals, scale)
 
-    def _publish(self, header, rgb, predictions, points, normals, inference_ms: float,
+    def _publish(self, stream: CameraStream, header, rgb, predictions, points, normals, inference_ms: float,
                  s: node_parameters.Settings) -> None:
+        pub = stream.pub
         heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
-        self._pub_result.publish(self._result(header, predictions, points, normals, inference_ms, s, heatmaps))
-        self._pub_heatmap.publish(heatmaps[0])
-        if s.publish_overlay and self._pub_overlay.get_subscription_count():
+        pub["result"].publish(self._result(header, predictions, points, normals, inference_ms, s, heatmaps))
+        pub["heatmap"].publish(heatmaps[0])
+        if s.publish_overlay and pub["overlay"].get_subscription_count():
             first = predictions[0]
             overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
-            self._pub_overlay.publish(numpy_to_image(overlay, "bgr8", header))
+            pub["overlay"].publish(numpy_to_image(overlay, "bgr8", header))
         if s.use_depth:
             markers = marker_array(header, predictions, points, normals)
             with self._markers_lock:  # never after the DELETEALL of a prompt clear
                 if self.settings.prompts:
-                    self._pub_markers.publish(markers)
-                    self._marker_frame = header.frame_id
-            self._pub_poses.publish(contact_poses(header, points, normals))
+                    pub["markers"].publish(markers)
+                    stream.marker_frame = header.frame_id
+            pub["contact_poses"].publish(contact_poses(header, points, normals))
             if (best := best_point(points)) is not None:
-                self._pub_contact.publish(point_stamped(header, best))
+                pub["contact_point"].publish(point_stamped(header, best))
 
     # ------------------------------------------------------------------ timers
+    def _match_publisher_qos(self) -> None:
+        for stream in self._streams.values():
+            stream.match_publisher_qos()
+
     def _publish_diagnostics(self) -> None:
-        snap, s = self.stats.snapshot(), self.settings
+        """One DiagnosticStatus per camera, named after the node (and the camera, with cameras)."""
+        statuses = [self._camera_status(stream) for stream in self._streams.values()]
+        self._pub_diagnostics.publish(diagnostics_message(self.get_clock().now().to_msg(), statuses))
+
+    def _camera_status(self, stream: CameraStream) -> DiagnosticStatus:
+        snap, s = stream.stats.snapshot(), self.settings
         level, message = DiagnosticStatus.OK, self._status_line(snap, s)
-        if problems := self._problems_since_last(snap, s):
+        if problems := stream.problems_since_last(snap, s):
             level, message = DiagnosticStatus.WARN, f"{message}; {'; '.join(problems)} (see the node's log)"
         if self._worker is not None and not self._worker.is_alive():
             level, message = DiagnosticStatus.ERROR, "inference worker stopped: see the node's log"
@@ -540,11 +512,11 @@ class GroundingNode(Node):
             backend=getattr(self.grounder, "backend", s.backend),
             prompts=join_prompts(s.prompts),
             text_cache_entries=self.grounder.clip.text_cache_len if self.grounder else 0,
-            transport_loss=f"{self._loss.share()[0]:.3f}",
-            image_qos=", ".join(f"{t}: {_reliability_name(rel)}" for t, (_, rel, _, _) in self._sensor_subs.items()))
-        self._pub_diagnostics.publish(diagnostics_message(
-            self.get_clock().now().to_msg(), f"{self.get_fully_qualified_name()}: affordance grounding",
-            values["device"], level, message, values))
+            transport_loss=f"{stream.transport_loss():.3f}", image_qos=stream.input_qos())
+        if stream.name:
+            values.update(camera=stream.name, image_topic=stream.image_topic)
+        name = self.get_fully_qualified_name() + (f"/{stream.name}" if stream.name else "")
+        return diagnostic_status(f"{name}: affordance grounding", values["device"], level, message, values)
 
     @staticmethod
     def _status_line(snap: dict, s: node_parameters.Settings) -> str:
@@ -554,100 +526,6 @@ class GroundingNode(Node):
             return "waiting for images"
         return f"{snap['fps']:.1f} fps, latency p95 {snap['latency_p95_ms']:.0f} ms"
 
-    def _problems_since_last(self, snap: dict, s: node_parameters.Settings) -> list[str]:
-        """What went wrong since the last /diagnostics (each makes the status WARN)."""
-        new = {name: snap[name] - self._counts_seen.get(name, 0) for name in ("received", "rejected", "failed",
-                                                                              "no_depth")}
-        self._counts_seen = {name: snap[name] for name in new}
-        now = time.monotonic()
-        self._loss.add(snap["received"], snap["lost"], now)
-        if new["received"]:
-            self._last_image_at = now
-        problems = []
-        if new["rejected"] + new["failed"]:
-            problems.append(f"{new['rejected'] + new['failed']} frame(s) rejected or failed")
-        if s.use_depth and new["no_depth"]:
-            problems.append(f"{new['no_depth']} frame(s) without 3D points")
-        share, lost = self._loss.share()
-        if share > TRANSPORT_LOSS_WARN and lost >= LOSS_WARN_MIN_FRAMES:
-            problems.append(self._transport_loss_problem(share, lost))
-        silent_s = now - self._last_image_at
-        if s.prompts and silent_s > IMAGE_SILENCE_WARN_S and self._has_listeners():
-            problems.append(f"no image on {self._sensor_subs['image'][0].topic_name} for {silent_s:.0f} s")
-        return problems
-
-    def _transport_loss_problem(self, share: float, lost: int) -> str:
-        """What the loss means and how to fix it, from the image subscription's and publishers' QoS."""
-        sub, reliability = self._sensor_subs["image"][:2]
-        text = f"{share:.0%} of frames on {sub.topic_name} lost in transport ({lost} in {LOSS_WINDOW_S:.0f} s)"
-        publishers = self.get_publishers_info_by_topic(sub.topic_name)
-        if reliability == ReliabilityPolicy.RELIABLE:
-            fix = ("the camera's reliable writer dropped frames this node had not acknowledged in time: the "
-                   "node's computer or the network is too busy for the camera's rate and size")
-        elif publishers and all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers):
-            fix = ("the camera publishes reliably but this node subscribes best effort: set image_qos to auto "
-                   "(the default) or reliable")
-        else:
-            fix = ("the camera publishes best effort and large frames travel as UDP fragments that are never "
-                   "resent: start the camera driver with this package's Fast DDS profile "
-                   f"({fastdds_profile_variable()}=<share>/affordance_clip_ros/config/fastdds_profile.xml), or "
-                   "have it publish reliably")
-        self.throttled.warning("transport loss", f"{text}; {fix}")
-        return text
-
-    def _subscribe_sensor(self, role: str, msg_type, callback, reliability=None, topic: str = "") -> None:
-        """(Re)create the subscription of ``role`` (image, depth, camera_info) on ``topic`` (default:
-        the role's own name); image_qos decides the reliability unless given."""
-        topic = topic or role
-        if reliability is None:
-            reliability = (ReliabilityPolicy.RELIABLE if self.settings.image_qos == "reliable"
-                           else ReliabilityPolicy.BEST_EFFORT)  # best effort also matches reliable publishers
-        qos = QoSProfile(depth=QUEUE_DEPTH[role], reliability=reliability, history=HistoryPolicy.KEEP_LAST,
-                         durability=DurabilityPolicy.VOLATILE)
-        generation = self._generation[role] = self._generation.get(role, 0) + 1
-
-        def deliver(msg) -> None:  # the newest subscription wins; an older one only until it delivers
-            if generation >= self._live_generation.get(role, 0):
-                self._live_generation[role] = generation
-                callback(msg)
-
-        def lost(info) -> None:  # a replaced best-effort subscription's losses are not the camera's
-            if generation == self._generation[role]:
-                self._on_message_lost(info)
-
-        events = SubscriptionEventCallbacks(
-            matched=self._on_publisher_change if self.settings.image_qos == "auto" else None,
-            message_lost=lost if role == "image" else None)
-        sub = self.create_subscription(msg_type, topic, deliver, qos, event_callbacks=events)
-        if role in self._sensor_subs:
-            self._retiring.append((role, generation - 1, self._sensor_subs[role][0], time.monotonic()))
-        self._sensor_subs[role] = (sub, reliability, msg_type, callback)
-
-    def _on_publisher_change(self, _info) -> None:
-        """A publisher connected or left: decide the reliability now, not at the next timer tick."""
-        self._match_publisher_qos()
-
-    def _match_publisher_qos(self) -> None:
-        """image_qos=auto (as image_pipeline does): subscribe reliable when every publisher of the
-        topic is reliable (a best-effort reader loses large frames), best effort otherwise. The
-        subscription being replaced keeps delivering until the new one does."""
-        now = time.monotonic()
-        for retired in [r for r in self._retiring
-                        if self._live_generation.get(r[0], 0) > r[1] or now - r[3] > RETIRE_S]:
-            self.destroy_subscription(retired[2])
-            self._retiring.remove(retired)
-        for role, (sub, current, msg_type, callback) in list(self._sensor_subs.items()):
-            publishers = self.get_publishers_info_by_topic(sub.topic_name)
-            if not publishers:
-                continue
-            wanted = (ReliabilityPolicy.RELIABLE
-                      if all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE for p in publishers)
-                      else ReliabilityPolicy.BEST_EFFORT)
-            if wanted != current:
-                self.get_logger().info(f"{sub.topic_name}: matching its publishers, subscribing "
-                                       f"{_reliability_name(wanted)}")
-                self._subscribe_sensor(role, msg_type, callback, wanted, sub.topic_name)
-
 
 def _declare_parameters(node: Node) -> node_parameters.Settings:
     try:
@@ -655,8 +533,8 @@ def _declare_parameters(node: Node) -> node_parameters.Settings:
     except ParameterException as e:
         raise StartupError(f"invalid parameter: {e}") from e
     settings = node_parameters.read_settings(node)
-    refused = node_parameters.validate([Parameter(name, value=value) for name, value in
-                                        ((n, node.get_parameter(n).value) for n in node_parameters.SPECS)])
+    refused = node_parameters.validate([Parameter(name, value=value)
+                                        for name, value in node_parameters.values(node).items()])
     if not refused.successful:
         raise StartupError(f"invalid parameter: {refused.reason}")
     return settings
@@ -693,10 +571,6 @@ def _startup_message(error: Exception, s: node_parameters.Settings) -> str:
     return f"cannot start: parameter {name}='{getattr(s, name)}': {text}\nFix: {_FIXES[name]}."
 
 
-def _reliability_name(reliability) -> str:
-    return "reliable" if reliability == ReliabilityPolicy.RELIABLE else "best effort"
-
-
 class _RosLogHandler(logging.Handler):
     """Python ``logging`` records of this package (the model's warnings) -> the node's logger."""
 
@@ -730,9 +604,9 @@ def main(args: list[str] | None = None, signals: StopSignals | None = None) -> N
 def run(args: list[str] | None = None, signals: StopSignals | None = None, managed: bool = False) -> int:
     """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start.
 
-    ``signals``: installed by the executable before its imports (see :mod:`.stop_signals`);
-    without it, a signal only stops the node once it runs. A signal only sets an event once the
-    node runs. Shutdown then runs in order on this thread: the worker finishes the frame in hand
+    ``signals``: installed by the executable before its imports (see :mod:`.stop_signals`;
+    without it, Ctrl-C raises KeyboardInterrupt as usual). Once the node runs, a signal only asks
+    for the shutdown, which then runs in order on this thread: the worker finishes the frame in hand
     and stops, the executor stops, the node and only then the ROS context are destroyed.
     (rclpy's own handlers shut the context down at once, under a worker that may be publishing:
     that crashed the process with SIGSEGV now and then.) ``managed``: the lifecycle node, which

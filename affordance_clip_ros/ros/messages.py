@@ -40,8 +40,8 @@ result_heatmap = functools.partial(result_messages.result_heatmap, RCLPY_TYPES)
 contact_points = functools.partial(result_messages.contact_points, RCLPY_TYPES)
 result_message = functools.partial(result_messages.result_message, RCLPY_TYPES)
 point_stamped = functools.partial(result_messages.point_stamped, RCLPY_TYPES)
-__all__ = ["approach_quaternion", "best_point", "contact_points", "contact_poses", "diagnostics_message",
-           "heatmap_image", "marker_array", "point_stamped", "result_heatmap", "result_message"]
+__all__ = ["approach_quaternion", "best_point", "contact_points", "contact_poses", "diagnostic_status",
+           "diagnostics_message", "heatmap_image", "marker_array", "point_stamped", "result_heatmap", "result_message"]
 
 
 def approach_quaternion(approach: Point3) -> Quaternion:
@@ -116,11 +116,14 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def diagnostics_message(stamp, name: str, hardware_id: str, level: bytes, message: str,
-                        values: dict[str, Any]) -> DiagnosticArray:
+def diagnostic_status(name: str, hardware_id: str, level: bytes, message: str,
+                      values: dict[str, Any]) -> DiagnosticStatus:
     """One DiagnosticStatus; ``level`` is DiagnosticStatus.OK / WARN / ERROR / STALE."""
-    status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                              values=[KeyValue(key=k, value=_format(v)) for k, v in values.items()])
-    array = DiagnosticArray(status=[status])
+    return DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=_format(v)) for k, v in values.items()])
+
+
+def diagnostics_message(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:
+    array = DiagnosticArray(status=statuses)
     array.header.stamp = stamp
     return array

@@ -14,12 +14,14 @@ from typing import Any, Iterable, Sequence
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 
+from rclpy.parameter import Parameter
+
 from ..model.grounder import GrounderConfig
 from ..parameter_table import MODEL_PARAMS, PARAMS, SPECS, ParamSpec, check_value
 from .queries import parse_prompts
 
 __all__ = ["MODEL_PARAMS", "PARAMS", "SPECS", "Settings", "check_value", "declare", "descriptor", "read_settings",
-           "validate"]
+           "validate", "values"]
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -43,8 +45,18 @@ def descriptor(spec: ParamSpec) -> ParameterDescriptor:
 
 
 def declare(node) -> None:
-    """Declare every parameter of the table on ``node`` (command-line and YAML overrides apply)."""
-    node.declare_parameters("", [(spec.name, spec.default, descriptor(spec)) for spec in PARAMS])
+    """Declare every parameter of the table on ``node`` (command-line and YAML overrides apply).
+    An empty list default is declared by its type (rclpy would read ``[]`` as a byte array); it
+    stays unset until given, and :func:`values` reads it as the table's default."""
+    node.declare_parameters("", [(spec.name, Parameter.Type.STRING_ARRAY if spec.default == [] else spec.default,
+                                  descriptor(spec)) for spec in PARAMS])
+
+
+def values(node, names: Iterable[str] = SPECS) -> dict[str, Any]:
+    """The declared values of ``names``; the table's default for one left unset."""
+    read = {name: node.get_parameter_or(name, None) for name in names}
+    return {name: SPECS[name].default if p is None or p.type_ == Parameter.Type.NOT_SET else p.value
+            for name, p in read.items()}
 
 
 def validate(parameters: Sequence) -> SetParametersResult:
@@ -81,6 +93,7 @@ class Settings:
     overlay_alpha: float
     result_max_side: int
     result_encoding: str
+    cameras: tuple[str, ...]
     image_qos: str
     image_transport: str
     max_rate_hz: float
@@ -95,7 +108,7 @@ class Settings:
         changes = {k: v for k, v in values.items() if k in SPECS}
         if "prompts" in changes:
             changes["prompts"] = parse_prompts(changes["prompts"]).prompts
-        for name in ("prompt_templates", "background_prompts"):
+        for name in ("prompt_templates", "background_prompts", "cameras"):
             if name in changes:
                 changes[name] = tuple(changes[name])
         return replace(self, **changes)
@@ -116,6 +129,6 @@ class Settings:
                     background_prompts=self.background_prompts)
 
 
-def read_settings(node, names: Iterable[str] = SPECS) -> Settings:
+def read_settings(node) -> Settings:
     """Every declared parameter of the table, as :class:`Settings`."""
-    return Settings.from_values({p.name: p.value for p in node.get_parameters(list(names))})
+    return Settings.from_values(values(node))
