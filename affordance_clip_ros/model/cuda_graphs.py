@@ -45,6 +45,7 @@ class GraphedImagePath:
         self.failed = False
         self.pool = None
 
+    @torch.inference_mode()
     def record(self, pixels: torch.Tensor) -> bool:
         """Record the graph for ``pixels``' shape now (start-up); False if it failed (eager from then on)."""
         key = (tuple(pixels.shape), pixels.device)
@@ -64,6 +65,7 @@ class GraphedImagePath:
         self.graphs[key] = (graph, static, out)
         return True
 
+    @torch.inference_mode()  # the graph's buffers are inference tensors
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.record(pixels):
             return self.fn(pixels)

@@ -173,9 +173,8 @@ def graphed_image_path(grounder: "AffordanceGrounder") -> GraphedImagePath:
     path = GraphedImagePath(grounder.torch_pixel_embeddings, lambda: grounder.autocast(cache=False))
     size = grounder.config.input_size
     start = time.perf_counter()
-    with torch.inference_mode():  # frames arrive as inference tensors
-        if path.record(torch.zeros(1, 3, size, size, device=grounder.device)):
-            log.info("CUDA graph of the image path at %d px recorded in %.2f s", size, time.perf_counter() - start)
+    if path.record(torch.zeros(1, 3, size, size, device=grounder.device)):
+        log.info("CUDA graph of the image path at %d px recorded in %.2f s", size, time.perf_counter() - start)
     return path
 
 
