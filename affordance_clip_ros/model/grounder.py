@@ -175,6 +175,8 @@ def graphed_image_path(grounder: "AffordanceGrounder") -> GraphedImagePath:
     start = time.perf_counter()
     if path.record(torch.zeros(1, 3, size, size, device=grounder.device)):
         log.info("CUDA graph of the image path at %d px recorded in %.2f s", size, time.perf_counter() - start)
+    else:  # eager from now on: the precision of the eager path (fp32 for "auto")
+        grounder.dtype = autocast_dtype(grounder.config.precision, grounder.device, "off")
     return path
 
 
