@@ -22,22 +22,27 @@ import skimage.data
 import torch
 
 from .cli_common import add_model_arguments
-from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, pixel_text_logits
+from .model import (AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, find_peaks,
+                    pixel_text_logits)
+from .model.device_postprocess import blend_heatmap, find_peaks_torch
 from .model.fidelity import FIDELITY_PROMPTS, min_correlation
 from .model.grounder import onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
+from .visualization import draw_overlay
 
 log = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket")
 # Figures every run writes (docs/performance.md documents them). At 416, plus "<name>_<size>" for each size
 # of PER_SIZE_KEYS; CPU runs add CPU_KEYS; CUDA runs add peak_gpu_mb, the same fast-path figures
-# with cuda_ in place of cpu_ (the default fp32 path against naive fp32; torch_fp16_*, and
-# torch_compiled_* / torch_compiled_fp32_* with CUDA graphs) and "<name>_fp16" for each figure of
-# the sizes loop.
+# with cuda_ in place of cpu_ (the default path, CUDA graphs fp16, against naive fp32; torch_fp32_*:
+# CUDA graphs fp32, torch_eager_fp32_*: no graphs, torch_compiled_* / torch_compiled_fp32_*:
+# torch.compile reduce-overhead) and "<name>_fp32" for each figure of the sizes loop.
 PER_SIZE_KEYS = ("backbone_ms", "head_ms", "image_path_ms", "full_ms_1_prompt", "full_ms_16_prompts",
                  "predict_ms_1_prompt", "predict_ms_16_prompts")
-DOCUMENTED_KEYS = ("clip_model", "device", "machine", "threads", "backend", "image_path_build_s", *PER_SIZE_KEYS,
-                   "fps_model", "head_overhead_ratio", "prompt_scaling_16_vs_1", "peak_rss_mb")
+POSTPROCESS_KEYS = ("peaks_host_ms_16_prompts", "peaks_device_ms_16_prompts", "overlay_host_ms", "overlay_device_ms")
+DOCUMENTED_KEYS = ("clip_model", "device", "torch", "machine", "threads", "backend", "image_path_mode",
+                   "image_path_build_s", *PER_SIZE_KEYS, "fps_model", "head_overhead_ratio", "prompt_scaling_16_vs_1",
+                   "predict_scaling_16_vs_1", *POSTPROCESS_KEYS, "peak_rss_mb")
 CPU_KEYS = ("default_backend", "naive_fp32_ms", "fast_path_ms", "cpu_speedup_vs_naive_fp32", "cpu_fast_path_corr",
             "torch_fp32_ms", "torch_fp32_speedup_vs_naive_fp32", "torch_fp32_corr",
             "ort_fp32_ms", "ort_fp32_speedup_vs_naive_fp32", "ort_fp32_corr")
@@ -141,8 +146,9 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
         results["peak_gpu_mb"] = default_path_gpu_mb(clip_model, device, backend, image, prompts16)
     fast, grounder416 = fast_paths(clip_model, device, repeats, warmup, backend, extra_paths)
     results.update(fast)
+    results.update(postprocess_figures(grounder416, image, prompts16, repeats, warmup))
     reused = {416: grounder416}
-    precisions = ("auto", "fp16") if dev.type == "cuda" else ("auto",)  # auto: fp32 on CUDA (eager)
+    precisions = ("auto", "fp32") if dev.type == "cuda" else ("auto",)  # auto: fp16 on CUDA (CUDA graphs)
     for precision in precisions:
         suffix = "" if precision == "auto" else f"_{precision}"
         for size in sizes:
@@ -153,6 +159,7 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
             build_s = time.perf_counter() - start
             figures = time_grounder(grounder, image, prompts16, repeats, warmup)
             results[f"backend{suffix}"] = describe_backend(grounder)
+            results[f"image_path_mode{suffix}"] = grounder.image_path_mode
             for name, value in figures.items():
                 results[f"{name}{suffix}_{size}"] = value
             if size == 416:
@@ -163,10 +170,33 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
                 if not suffix:
                     results["head_overhead_ratio"] = figures["head_ms"] / figures["backbone_ms"]
                     results["prompt_scaling_16_vs_1"] = figures["full_ms_16_prompts"] / figures["full_ms_1_prompt"]
+                    results["predict_scaling_16_vs_1"] = (figures["predict_ms_16_prompts"]
+                                                          / figures["predict_ms_1_prompt"])
             del grounder
             free_memory(dev)
     results["peak_rss_mb"] = peak_rss_mb()
     return results
+
+
+def postprocess_figures(grounder: AffordanceGrounder, image: np.ndarray, prompts: list[str], repeats: int,
+                        warmup: int) -> dict:
+    """Post-processing of 16 maps at image size, on the host as before (copy every map, OpenCV
+    peaks; OpenCV blend) against on the maps' device (torch peaks, only candidates copied; blend
+    there, the bgr8 overlay copied): median ms, round-robin. On the CPU both run on the CPU."""
+    cfg = grounder.config
+    [maps] = grounder.heatmap_tensors([image], prompts)
+    pixels = torch.from_numpy(image).to(grounder.device)
+
+    def host_peaks():
+        return [find_peaks(m, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance) for m in maps.cpu().numpy()]
+
+    return interleaved_medians({
+        "peaks_host_ms_16_prompts": host_peaks,
+        "peaks_device_ms_16_prompts": lambda: find_peaks_torch(maps, cfg.num_peaks, cfg.peak_threshold,
+                                                               cfg.peak_min_distance),
+        "overlay_host_ms": lambda: draw_overlay(image, maps[0].cpu().numpy()),
+        "overlay_device_ms": lambda: blend_heatmap(pixels, maps[0]).cpu().numpy(),
+    }, repeats, warmup, grounder.device)
 
 
 def default_path_gpu_mb(clip_model: str, device: str, backend: str, image: np.ndarray, prompts: list[str]) -> float:
@@ -233,9 +263,10 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
     grounder = build_grounder(clip_model, device, "auto", 416, backend=backend)
     naive = naive_forward(clip_model, grounder)  # also loads its weights into the grounder
     on_cpu = grounder.device.type == "cpu"
-    # the torch precision that the default path does not use (CPU: fp32; CUDA: fp16 autocast)
-    other = "fp32" if on_cpu else "fp16"
-    alternatives = {f"torch_{other}": dict(backend="torch", precision=other)}
+    # torch fp32 (CPU: eager, where the default is ONNX Runtime; CUDA: CUDA graphs, where the default is fp16)
+    alternatives = {"torch_fp32": dict(backend="torch", precision="fp32")}
+    if not on_cpu:  # the eager path without graphs, the default before them
+        alternatives["torch_eager_fp32"] = dict(backend="torch", precision="fp32", compile="off")
     if on_cpu and onnxruntime_available():
         alternatives["ort_fp32"] = dict(backend="onnxruntime", precision="fp32")
         if extra_paths:  # int8 with the grounder's own fidelity gate

@@ -53,7 +53,7 @@ def config_from_args(args: argparse.Namespace, **overrides) -> GrounderConfig:
     kwargs = dict(clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
                   fpn_checkpoint=args.fpn_checkpoint, device=args.device, precision=args.precision,
                   input_size=args.input_size, backend=getattr(args, "backend", "auto"),
-                  compile=getattr(args, "compile", "off"))
+                  compile=getattr(args, "compile", "auto"))
     if args.templates:
         kwargs["prompt_templates"] = tuple(args.templates)
     kwargs.update(overrides)

@@ -51,14 +51,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("fpn_checkpoint", "",
               "trained FPN .safetensors file; empty = the training-free dense CLIP head", read_only=True, model=True),
     ParamSpec("device", "auto", "auto (CUDA when present), cpu, cuda or cuda:N", read_only=True, model=True),
-    ParamSpec("precision", "auto", "auto = on CUDA fp32, fp16 under compile; on CPU (ONNX Runtime) int8, quantised "
+    ParamSpec("precision", "auto", "auto = on CUDA fp16 (CUDA graphs or compile; fp32 when eager); on CPU (ONNX "
+              "Runtime) int8, quantised "
               "once per weights and cached, when its heatmaps stay faithful to fp32 (Pearson >= 0.99), else fp32",
               read_only=True, choices=PRECISIONS, model=True),
     ParamSpec("backend", "auto", "image path: auto (ONNX Runtime on CPU, about 2x faster; torch on CUDA), torch or "
               "onnxruntime", read_only=True, choices=BACKENDS, model=True),
-    ParamSpec("compile", "off", "torch.compile of the torch image path: off, default, reduce-overhead, max-autotune "
-              "(the last two with CUDA graphs on CUDA); compiled at start-up", read_only=True, choices=COMPILE_MODES,
-              model=True),
+    ParamSpec("compile", "auto", "how the torch image path runs: auto (cuda-graphs on CUDA, else off), off (eager), "
+              "cuda-graphs (recorded once at start-up and replayed, no compiler; eager with a warning if recording "
+              "fails), or torch.compile: default, reduce-overhead, max-autotune (the last two with CUDA graphs on "
+              "CUDA; they need Triton or a C++ compiler)", read_only=True, choices=COMPILE_MODES, model=True),
     ParamSpec("input_size", 416, "square model input in pixels (multiple of 32)", read_only=True,
               range=(64, 1024, 32), model=True),
     ParamSpec("text_cache_size", 256, "text embeddings kept in the LRU cache (bounds memory under prompt spam)",

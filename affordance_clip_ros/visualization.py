@@ -63,7 +63,14 @@ def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Pea
     """Blend the colour heatmap on the image (``alpha`` = heatmap weight), mark peaks (best = 1),
     and write the prompt in the corner. Returns BGR uint8, the size of the image."""
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    out = cv2.addWeighted(colorize(heatmap), float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
+    blend = cv2.addWeighted(colorize(heatmap), float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
+    return draw_peaks(blend, peaks, label)
+
+
+def draw_peaks(out: np.ndarray, peaks: Sequence[Peak] = (), label: str | None = None) -> np.ndarray:
+    """Mark peaks (best = 1) and write the prompt in the corner of a BGR uint8 image, in place (a
+    blend made on the device by :func:`affordance_clip_ros.model.device_postprocess.blend_heatmap`,
+    say); returns it."""
     scale = max(out.shape[:2]) / 640.0
     radius, thick = max(4, int(8 * scale)), max(1, int(2 * scale))
     placed: list[tuple[int, int, int, int]] = []

@@ -14,9 +14,10 @@ behind another. Per resolution (640x480, 1280x720) it reports:
   ``inference_ms`` of the same frames (grounder.predict: model, maps, host copy, peaks);
   ``ros_overhead_ratio`` = e2e / model.
 * ``e2e_fps``: results per second, from the first publish to the last result, while frames are
-  published at 100 Hz, faster than the node takes them (it processes the newest frame and drops
-  the others); ``loaded_e2e_ms`` / ``loaded_e2e_p95_ms`` / ``loaded_e2e_max_ms``: publish ->
-  result of the frames answered in that stream (the latency a planner sees at full camera rate).
+  published at ``--rate-hz`` (default 100 Hz; 200 for a fast camera), faster than the node takes
+  them (it processes the newest frame and drops the others); ``loaded_e2e_ms`` /
+  ``loaded_e2e_p95_ms`` / ``loaded_e2e_max_ms``: publish -> result of the frames answered in that
+  stream (the latency a planner sees at full camera rate).
 * Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
   (sensor_msgs/Image -> RGB array), ``messages_ms`` (heatmap Image + AffordanceResult),
   ``overlay_ms`` (colour map, blend, peaks; published because someone subscribes to ~/overlay),
@@ -150,10 +151,14 @@ def main() -> int:
     parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument("--backend", default="auto", help="grounder backend (auto, torch, onnxruntime)")
-    parser.add_argument("--compile", default="off", help="torch.compile mode of the torch image path (node parameter)")
+    parser.add_argument("--compile", default="auto", help="compile node parameter: auto (CUDA graphs on CUDA), off, "
+                        "cuda-graphs, or a torch.compile mode")
     parser.add_argument("--frames", type=int, default=10, help="timed frames per resolution (median reported)")
     parser.add_argument("--throughput-seconds", type=float, default=3.0,
-                        help="seconds of 100 Hz frames for e2e_fps (0: not measured)")
+                        help="seconds of the --rate-hz stream for e2e_fps (0: not measured)")
+    parser.add_argument("--rate-hz", type=float, default=100.0, help="camera rate of that stream")
+    parser.add_argument("--resolutions", nargs="+", default=[f"{w}x{h}" for w, h in RESOLUTIONS],
+                        help="image sizes WIDTHxHEIGHT (default 640x480 1280x720)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for start-up / a result")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -164,7 +169,8 @@ def main() -> int:
     params = {**model, "prompts": PROMPT, "image_qos": "reliable", "publish_overlay": True}
     grounder = AffordanceGrounder.from_config(GrounderConfig(**model))
     results: dict = {"clip_model": args.clip_model, "device": str(grounder.device), "backend": args.backend,
-                     "compile": args.compile, "frames": args.frames, "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
+                     "compile": args.compile, "rate_hz": args.rate_hz, "frames": args.frames,
+                     "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
                      "grounder_backend": grounder.backend}
     domain = support.free_domain_id(salt=11)
     ns = f"/latency{os.getpid()}"
@@ -175,11 +181,11 @@ def main() -> int:
         if not node.wait_for_log("ready", args.timeout):
             raise SystemExit(f"node not ready after {args.timeout} s; its log:\n{node.log()}")
         results["node_startup_s"] = time.monotonic() - start
-        for width, height in RESOLUTIONS:
+        for width, height in (map(int, size.split("x")) for size in args.resolutions):
             rgb = frame(width, height)
             figures = node_latency(client, rgb, args.frames, args.timeout)
             if args.throughput_seconds > 0:
-                figures.update(node_throughput(client, rgb, args.throughput_seconds))
+                figures.update(node_throughput(client, rgb, args.throughput_seconds, args.rate_hz))
             figures.update(in_process_costs(grounder, rgb, max(3, args.frames // 2)))
             for name, value in figures.items():
                 results[f"{name}_{width}x{height}"] = value

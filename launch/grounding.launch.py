@@ -61,8 +61,8 @@ ARGUMENTS = (
      "(empty: params_file's value)"),
     ("fpn_checkpoint", "", "trained FPN .safetensors (empty: params_file's value; the packaged file has none, "
      "which means the training-free dense CLIP head)"),
-    ("compile", "", "torch.compile of the image path: off, default, reduce-overhead (CUDA graphs: on a GPU about 2x "
-     "the frames/s, some seconds more start-up), max-autotune (empty: params_file's value)"),
+    ("compile", "", "how the image path runs: auto (CUDA graphs on a GPU, recorded at start-up, no compiler), off, "
+     "cuda-graphs, or torch.compile: default, reduce-overhead, max-autotune (empty: params_file's value)"),
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
      "YAML parameter file; use_depth, device, clip_pretrained, fpn_checkpoint and compile override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),

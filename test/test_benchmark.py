@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from affordance_clip_ros.benchmark import CPU_KEYS, DOCUMENTED_KEYS, PER_SIZE_KEYS
 from affordance_clip_ros.cli import main
 
@@ -27,6 +29,7 @@ def test_short_benchmark_writes_every_documented_key(tmp_path, capsys):
     assert results["clip_model"] == "RN-tiny" and results["device"] == "cpu"
     assert results["default_backend"].startswith(("onnxruntime-", "torch-"))
     assert -1.0 <= results["cpu_fast_path_corr"] <= 1.0 and results["peak_rss_mb"] > 0
+    assert results["image_path_mode"] == "off" and results["torch"] == torch.__version__
     printed = capsys.readouterr().out
     assert "cpu_speedup_vs_naive_fp32" in printed and "prompt_scaling_16_vs_1" in printed
 
@@ -60,11 +63,15 @@ def test_gpu_check_runs_every_step_when_rehearsed_on_the_cpu(tmp_path):
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("== ")] == [
-        "machine", "setup", "benchmark", "ros_latency", "train"]
+        "machine", "setup", "benchmark", "ros_latency", "train", "goals"]
     bench = json.loads((out / "benchmark.json").read_text())
     assert bench["device"] == "cpu" and bench["clip_model"] == "RN-tiny" and bench["fps_model"] > 0
     latency = json.loads((out / "ros_latency.json").read_text())
     for size in ("640x480", "1280x720"):
         assert latency[f"e2e_ms_{size}"] >= latency[f"model_ms_{size}"] > 0 and latency[f"e2e_fps_{size}"] > 0
+    assert latency["rate_hz"] == 200.0
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert len(rows) == 2 and all(float(r["images_per_s"]) > 0 for r in rows)
+    goals = json.loads((out / "goals.json").read_text())
+    assert [g["result"] in ("met", "missed") for g in goals["goals"]] == [True] * 4, goals
+    assert goals["torch"] == bench["torch"] and goals["image_path_mode"] == "off"

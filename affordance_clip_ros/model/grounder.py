@@ -14,6 +14,8 @@ from torch import nn
 from .calibration import DEFAULT_BACKGROUND_PROMPTS, background_softmax, validate_background_prompts
 from .checkpoint import load_fpn
 from .clip_backbone import FrozenCLIP
+from .cuda_graphs import GraphedImagePath
+from .device_postprocess import find_peaks_torch
 from .fpn import AffordanceFPN, paired_pixel_text_logits, pixel_text_logits
 from .letterbox import letterbox_batch, unletterbox
 from .peaks import Peak, find_peaks
@@ -24,8 +26,9 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")
-# torch.compile modes of the torch image path; "reduce-overhead" and "max-autotune" add CUDA graphs on CUDA.
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+# How the torch image path runs: "auto" = "cuda-graphs" on CUDA (recorded once, replayed; no compiler),
+# else "off" (eager); the rest are torch.compile modes ("reduce-overhead", "max-autotune": CUDA graphs on CUDA).
+COMPILE_MODES = ("auto", "off", "cuda-graphs", "default", "reduce-overhead", "max-autotune")
 MODE_FPN = "fpn"
 MODE_TRAINING_FREE = "training-free"
 
@@ -38,9 +41,9 @@ class GrounderConfig:
     clip_pretrained: str = "openai"  # open_clip tag, local file, or "none" (random: tests only)
     fpn_checkpoint: str | None = None  # None: training-free dense CLIP head
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # torch: auto = fp16 on CUDA when compiled, else fp32; onnxruntime: int8 if faithful
+    precision: str = "auto"  # torch: auto = fp16 on CUDA unless eager, else fp32; onnxruntime: int8 if faithful
     backend: str = "auto"  # image path: auto (onnxruntime on CPU, torch on CUDA) | torch | onnxruntime
-    compile: str = "off"  # torch image path: off | default | reduce-overhead | max-autotune (CUDA graphs: last two)
+    compile: str = "auto"  # auto (cuda-graphs on CUDA, else off) | off | cuda-graphs | a torch.compile mode
     input_size: int = 416  # square letterboxed model input, a multiple of 32
     prompt_templates: tuple[str, ...] = DEFAULT_TEMPLATES
     background_prompts: tuple[str, ...] = DEFAULT_BACKGROUND_PROMPTS  # training-free head: what a prompt competes with
@@ -66,6 +69,16 @@ class GrounderConfig:
 
 
 @dataclass
+class DeviceResult:
+    """One image's maps for all prompts, still on the grounder's device, and their peaks: the
+    caller copies to the host only what it publishes."""
+
+    prompts: list[str]
+    maps: torch.Tensor  # float32 (N, H, W) of the input image, values in [0, 1]
+    peaks: list[list[Peak]]  # per prompt, best first
+
+
+@dataclass
 class AffordancePrediction:
     """One prompt's result for one image."""
 
@@ -83,11 +96,22 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def resolve_image_path(compile: str, backend: str, device: torch.device) -> str:
+    """The ``compile`` setting as run: "auto" -> "cuda-graphs" for the torch image path on CUDA,
+    else "off"; "cuda-graphs" needs CUDA."""
+    if compile == "auto":
+        return "cuda-graphs" if device.type == "cuda" and backend == "torch" else "off"
+    if compile == "cuda-graphs" and device.type != "cuda":
+        raise ValueError(f"compile 'cuda-graphs' needs a CUDA device, not '{device}'; use 'auto' or 'off'")
+    return compile
+
+
 def autocast_dtype(precision: str, device: torch.device, compile: str = "off") -> torch.dtype | None:
     """The torch autocast dtype for a precision setting, or None for plain fp32. "auto" on CUDA is
-    fp16 only under torch.compile: at batch 1 the eager forward is bound by kernel launches, and
-    autocast's extra cast kernels made it slower (H200, RN101 at 416: fp16 8.2 ms, fp32 5.8 ms;
-    compiled with CUDA graphs: fp16 1.90 ms, fp32 2.02 ms)."""
+    fp16 only where launches are recorded (``compile`` as resolved: CUDA graphs or torch.compile):
+    at batch 1 the eager forward is bound by kernel launches, and autocast's extra cast kernels
+    made it slower (H200, RN101 at 416: fp16 8.2 ms, fp32 5.8 ms; compiled with CUDA graphs: fp16
+    1.90 ms, fp32 2.02 ms)."""
     if precision == "auto":
         return torch.float16 if device.type == "cuda" and compile != "off" else None
     return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": None}[precision]
@@ -98,10 +122,10 @@ def resolve_backend(backend: str, precision: str, device: torch.device, compile:
     ONNX Runtime on CPU (int8 when faithful: 2.3-2.8x a naive fp32 torch forward; fp32: 1.5x),
     torch on CUDA (cuDNN); torch wherever ``compile`` is asked for."""
     if backend == "auto":
-        wants_ort = device.type == "cpu" and compile == "off" and precision in ("auto", "fp32", "int8")
+        wants_ort = device.type == "cpu" and compile in ("auto", "off") and precision in ("auto", "fp32", "int8")
         backend = "onnxruntime" if wants_ort and onnxruntime_available() else "torch"
     if backend == "onnxruntime":
-        if compile != "off":
+        if compile not in ("auto", "off"):
             raise ValueError(f"compile '{compile}' applies to backend 'torch', not 'onnxruntime'")
         if device.type != "cpu":
             raise ValueError(f"backend 'onnxruntime' runs on the CPU only, not '{device}'; use backend 'torch' on "
@@ -126,8 +150,11 @@ def onnxruntime_available() -> bool:
 def make_pixel_embedder(grounder: "AffordanceGrounder") -> Callable[[torch.Tensor], torch.Tensor]:
     """The image path (normalised pixels -> pixel embeddings) for the grounder's configured backend."""
     cfg = grounder.config
-    if resolve_backend(cfg.backend, cfg.precision, grounder.device, cfg.compile) == "torch":
-        return grounder.torch_pixel_embeddings if cfg.compile == "off" else compiled_image_path(grounder)
+    if grounder.backend == "torch":
+        mode = resolve_image_path(cfg.compile, grounder.backend, grounder.device)
+        if mode == "off":
+            return grounder.torch_pixel_embeddings
+        return graphed_image_path(grounder) if mode == "cuda-graphs" else compiled_image_path(grounder)
     from .onnx_backend import ImagePath, build_ort_image_path
 
     def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:  # what int8 must reproduce
@@ -138,6 +165,19 @@ def make_pixel_embedder(grounder: "AffordanceGrounder") -> Callable[[torch.Tenso
 
     return build_ort_image_path(ImagePath(grounder.clip, grounder.fpn), cfg.input_size, cfg.precision,
                                 cfg.engine_cache_dir, cacheable=cfg.clip_pretrained != "none", heatmaps=heatmaps)
+
+
+def graphed_image_path(grounder: "AffordanceGrounder") -> GraphedImagePath:
+    """The torch image path as CUDA graphs, the batch-1 graph recorded now on a blank frame so
+    that the first camera frame does not pay for it; a new batch size records once more."""
+    path = GraphedImagePath(grounder.torch_pixel_embeddings, lambda: grounder.autocast(cache=False))
+    size = grounder.config.input_size
+    start = time.perf_counter()
+    if path.record(torch.zeros(1, 3, size, size, device=grounder.device)):
+        log.info("CUDA graph of the image path at %d px recorded in %.2f s", size, time.perf_counter() - start)
+    else:  # eager from now on: the precision of the eager path (fp32 for "auto")
+        grounder.dtype = autocast_dtype(grounder.config.precision, grounder.device, "off")
+    return path
 
 
 def compiled_image_path(grounder: "AffordanceGrounder") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -180,8 +220,8 @@ class AffordanceGrounder(nn.Module):
         self.config = config
         self.device = clip.device
         self.backend = resolve_backend(config.backend, config.precision, self.device, config.compile)
-        self.dtype = autocast_dtype(config.precision, self.device, config.compile)
         self._embedder: Callable[[torch.Tensor], torch.Tensor] | None = None  # built by prepare()
+        self.dtype = autocast_dtype(config.precision, self.device, self.image_path_mode)
         self.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: autotuned kernels pay off from frame 2
@@ -224,6 +264,14 @@ class AffordanceGrounder(nn.Module):
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
     @property
+    def image_path_mode(self) -> str:
+        """How the torch image path runs: off (eager), cuda-graphs or a torch.compile mode
+        (``compile`` resolved; "off" where the CUDA graph could not be recorded)."""
+        if isinstance(self._embedder, GraphedImagePath) and self._embedder.failed:
+            return "off"
+        return resolve_image_path(self.config.compile, self.backend, self.device)
+
+    @property
     def prepared(self) -> bool:
         """Whether the image path is built (by :meth:`prepare` or the first image)."""
         return self._embedder is not None
@@ -240,7 +288,7 @@ class AffordanceGrounder(nn.Module):
         if (config.precision, config.input_size) != (self.config.precision, self.config.input_size):
             self._embedder = None  # rebuilt (re-exported) on the next image
         self.config = config
-        self.dtype = autocast_dtype(self.config.precision, self.device, self.config.compile)
+        self.dtype = autocast_dtype(self.config.precision, self.device, self.image_path_mode)
 
     # ------------------------------------------------------------------ text
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -251,11 +299,12 @@ class AffordanceGrounder(nn.Module):
         return torch.nn.functional.normalize(embeddings, dim=-1)
 
     # ------------------------------------------------------------------ image
-    def autocast(self):
-        """The autocast context of the configured precision (a no-op for fp32)."""
+    def autocast(self, cache: bool = True):
+        """The autocast context of the configured precision (a no-op for fp32); ``cache``: whether
+        casts are cached (not while a CUDA graph records)."""
         if self.dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=cache)
 
     def prepare(self) -> "AffordanceGrounder":
         """Build the image path now (ONNX export / int8 quantisation, or a cache hit) rather than on
@@ -325,10 +374,20 @@ class AffordanceGrounder(nn.Module):
         prompts = [p for p in prompts]
         if not prompts:
             return [[] for _ in images]
+        return [[AffordancePrediction(p, h, peaks) for p, h, peaks in zip(prompts, r.maps.cpu().numpy(), r.peaks)]
+                for r in self.predict_tensors(images, prompts)]
+
+    def predict_tensors(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[DeviceResult]:
+        """As :meth:`predict_batch`, but each image's maps stay on the device (see :meth:`peaks`)."""
+        return [DeviceResult(list(prompts), maps, self.peaks(maps)) for maps in self.heatmap_tensors(images, prompts)]
+
+    def peaks(self, maps: torch.Tensor) -> list[list[Peak]]:
+        """Each map's peaks (N, H, W) with the configured settings: on CUDA found on the device
+        (only the candidates cross to the host), on the CPU by OpenCV's dilation (faster there)."""
         cfg = self.config
-        return [[AffordancePrediction(p, h, find_peaks(h, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance))
-                 for p, h in zip(prompts, maps.cpu().numpy())]
-                for maps in self.heatmap_tensors(images, prompts)]
+        if maps.device.type == "cuda":
+            return find_peaks_torch(maps, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance)
+        return [find_peaks(m, cfg.num_peaks, cfg.peak_threshold, cfg.peak_min_distance) for m in maps.numpy()]
 
     @torch.inference_mode()
     def heatmaps(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> list[np.ndarray]:

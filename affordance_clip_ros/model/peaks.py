@@ -47,11 +47,17 @@ def find_peaks(heatmap: np.ndarray, num_peaks: int = 5, threshold: float = 0.3, 
         is_max[:] = heat.size == 1
     rows, cols = np.nonzero(is_max & (heat > threshold))
     order = np.argsort(-heat[rows, cols], kind="stable")
+    return select_peaks(rows[order], cols[order], heat[rows, cols][order], num_peaks, distance)
+
+
+def select_peaks(rows, cols, scores, num_peaks: int, distance: int) -> list[Peak]:
+    """Candidates in score order (best first, ties in row-major order) -> the first ``num_peaks``
+    that lie at least ``distance`` px (Chebyshev) from every peak kept before them."""
     peaks: list[Peak] = []
-    for r, c in zip(rows[order], cols[order]):
+    for r, c, score in zip(rows, cols, scores):
         if distance > 1 and any(max(abs(p.v - r), abs(p.u - c)) < distance for p in peaks):
             continue
-        peaks.append(Peak(u=int(c), v=int(r), score=float(heat[r, c])))
+        peaks.append(Peak(u=int(c), v=int(r), score=float(score)))
         if len(peaks) == num_peaks:
             break
     return peaks
