@@ -103,6 +103,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage "
               "(JPEG or PNG) on <image>/compressed, as image_transport's compressed plugin publishes it",
               read_only=True, choices=IMAGE_TRANSPORTS),
+    ParamSpec("pipeline", True, "publish on a second thread while the next frames are inferred (false: one "
+              "thread infers and publishes in turn)", read_only=True),
     ParamSpec("max_rate_hz", 0.0, "most frames processed per second; 0 = as fast as the model runs",
               range=(0.0, 1000.0, 0.0)),
     ParamSpec("ground_timeout_s", 5.0, "~/ground requests with timeout_s 0: seconds to wait for the answer "

@@ -12,7 +12,8 @@
 #                     fp32 at 416/640; eager fp32 and torch.compile at 416; fidelity; post-processing
 #                     on the device vs the host; 16 vs 1 prompt; peak GPU memory; torch version)
 #   ros_latency.json  the node through DDS at 640x480 and 1280x720, default path, frames
-#                     published at 200 Hz: latency, results/s, p95 stream latency
+#                     published at 200 Hz: latency, results/s, p95 stream latency; the same with
+#                     pipeline false (_serial) and pipeline_speedup_<size>
 #   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
 #   goals.json        the speed goals of the GPU path against these figures (benchmarks/goals.py)
 # Meant to finish within 8 minutes of device time (not yet timed in this form; the earlier form, with
@@ -105,7 +106,7 @@ step setup set_up || { echo "set-up failed: nothing else can run"; exit 1; }
 step benchmark with_ros -m affordance_clip_ros.cli benchmark --device "$DEVICE" --clip-model "$MODEL" \
   --sizes "${SIZES[@]}" "${REPEATS[@]}" --json "$OUT/benchmark.json"
 step ros_latency with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" --frames "$FRAMES" \
-  --rate-hz 200 --json "$OUT/ros_latency.json"
+  --rate-hz 200 --pipeline both --json "$OUT/ros_latency.json"
 step train train
 step goals "$VENV/bin/python" benchmarks/goals.py "$OUT"
 cat "$OUT/goals.log" 2>/dev/null

@@ -18,6 +18,10 @@ behind another. Per resolution (640x480, 1280x720) it reports:
   them (it processes the newest frame and drops the others); ``loaded_e2e_ms`` /
   ``loaded_e2e_p95_ms`` / ``loaded_e2e_max_ms``: publish -> result of the frames answered in that
   stream (the latency a planner sees at full camera rate).
+* With ``--pipeline both``, a second node with parameter ``pipeline: false`` is measured in turn
+  with the default one (stream windows alternating, two rounds averaged, so that a change of the
+  machine's load hits both alike): its figures end in ``_serial``, and ``pipeline_speedup_<size>``
+  is the ratio of the two ``e2e_fps``.
 * Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
   (sensor_msgs/Image -> RGB array), ``messages_ms`` (heatmap Image + AffordanceResult),
   ``overlay_ms`` (colour map, blend, peaks; published because someone subscribes to ~/overlay),
@@ -27,6 +31,7 @@ behind another. Per resolution (640x480, 1280x720) it reports:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -146,6 +151,42 @@ def node_throughput(client: GroundingClient, rgb: np.ndarray, seconds: float, ra
             "loaded_e2e_p95_ms": answered[int(0.95 * (len(answered) - 1))], "loaded_e2e_max_ms": answered[-1]}
 
 
+def measure_nodes(variants: dict[str, dict], grounder: AffordanceGrounder, args) -> dict:
+    """Start one node per variant (name -> parameters; figures of a variant named X get the suffix
+    _X, the first variant none) and measure them at every resolution of ``args``. Their stream
+    windows alternate (two rounds, averaged), so a change of the machine's load hits both alike."""
+    results: dict = {}
+    with contextlib.ExitStack() as stack:
+        running = {}
+        for i, (name, params) in enumerate(variants.items()):
+            domain, ns = support.free_domain_id(salt=11 + i), f"/latency{os.getpid()}_{i}"
+            start = time.monotonic()
+            node = stack.enter_context(support.NodeProcess(params, namespace=ns, env=support.ros_env(domain),
+                                                           remappings=support.namespaced_remappings(ns)))
+            client = stack.enter_context(support.namespaced_client(ns, domain))
+            if not node.wait_for_log("ready", args.timeout):
+                raise SystemExit(f"node not ready after {args.timeout} s; its log:\n{node.log()}")
+            suffix = f"_{name}" if i else ""
+            results[f"node_startup_s{suffix}"] = time.monotonic() - start
+            running[suffix] = (node, client)
+        for width, height in (map(int, size.split("x")) for size in args.resolutions):
+            rgb, size = frame(width, height), f"{width}x{height}"
+            for suffix, (_, client) in running.items():
+                for name, value in node_latency(client, rgb, args.frames, args.timeout).items():
+                    results[f"{name}_{size}{suffix}"] = value
+            if args.throughput_seconds > 0:
+                rounds = [{suffix: node_throughput(client, rgb, args.throughput_seconds / 2, args.rate_hz)
+                           for suffix, (_, client) in running.items()} for _ in range(2)]
+                for suffix in running:
+                    for name in rounds[0][suffix]:
+                        results[f"{name}_{size}{suffix}"] = statistics.mean(r[suffix][name] for r in rounds)
+            for name, value in in_process_costs(grounder, rgb, max(3, args.frames // 2)).items():
+                results[f"{name}_{size}"] = value
+        for suffix, (node, _) in running.items():
+            results[f"node_rss_mb{suffix}"] = node.rss_kb() / 1024
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", default="RN101", help="open_clip ResNet model (default RN101)")
@@ -159,6 +200,10 @@ def main() -> int:
     parser.add_argument("--rate-hz", type=float, default=100.0, help="camera rate of that stream")
     parser.add_argument("--resolutions", nargs="+", default=[f"{w}x{h}" for w, h in RESOLUTIONS],
                         help="image sizes WIDTHxHEIGHT (default 640x480 1280x720)")
+    parser.add_argument("--pipeline", choices=("true", "false", "both"), default="true",
+                        help="node parameter pipeline; both: a serial node too, measured in turn with the "
+                        "pipelined one (figures suffixed _serial), and pipeline_speedup_<size> = e2e_fps / "
+                        "e2e_fps_serial")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for start-up / a result")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -172,24 +217,14 @@ def main() -> int:
                      "compile": args.compile, "rate_hz": args.rate_hz, "frames": args.frames,
                      "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
                      "grounder_backend": grounder.backend}
-    domain = support.free_domain_id(salt=11)
-    ns = f"/latency{os.getpid()}"
-    remaps = support.namespaced_remappings(ns)
-    start = time.monotonic()
-    with support.NodeProcess(params, namespace=ns, remappings=remaps, env=support.ros_env(domain)) as node, \
-            support.namespaced_client(ns, domain) as client:
-        if not node.wait_for_log("ready", args.timeout):
-            raise SystemExit(f"node not ready after {args.timeout} s; its log:\n{node.log()}")
-        results["node_startup_s"] = time.monotonic() - start
-        for width, height in (map(int, size.split("x")) for size in args.resolutions):
-            rgb = frame(width, height)
-            figures = node_latency(client, rgb, args.frames, args.timeout)
-            if args.throughput_seconds > 0:
-                figures.update(node_throughput(client, rgb, args.throughput_seconds, args.rate_hz))
-            figures.update(in_process_costs(grounder, rgb, max(3, args.frames // 2)))
-            for name, value in figures.items():
-                results[f"{name}_{width}x{height}"] = value
-        results["node_rss_mb"] = node.rss_kb() / 1024
+    variants = {"pipeline": {**params, "pipeline": args.pipeline != "false"}}
+    if args.pipeline == "both":
+        variants["serial"] = {**params, "pipeline": False}
+    results.update(measure_nodes(variants, grounder, args))
+    if args.pipeline == "both":
+        for size in args.resolutions:
+            if f"e2e_fps_{size}" in results:
+                results[f"pipeline_speedup_{size}"] = results[f"e2e_fps_{size}"] / results[f"e2e_fps_{size}_serial"]
     width = max(len(k) for k in results)
     for key, value in results.items():
         print(f"{key:<{width}}  {value:.3f}" if isinstance(value, float) else f"{key:<{width}}  {value}")

@@ -70,6 +70,7 @@ def test_gpu_check_runs_every_step_when_rehearsed_on_the_cpu(tmp_path):
     for size in ("640x480", "1280x720"):
         assert latency[f"e2e_ms_{size}"] >= latency[f"model_ms_{size}"] > 0 and latency[f"e2e_fps_{size}"] > 0
     assert latency["rate_hz"] == 200.0
+    assert latency["pipeline_speedup_640x480"] > 0 and latency["e2e_fps_640x480_serial"] > 0  # both nodes ran
     rows = list(csv.DictReader((out / "train_log.csv").open()))
     assert len(rows) == 2 and all(float(r["images_per_s"]) > 0 for r in rows)
     goals = json.loads((out / "goals.json").read_text())

@@ -293,7 +293,8 @@ def test_settings_has_one_field_per_table_entry():
 
 def test_parameter_descriptors():
     read_only = {spec.name for spec in params.PARAMS if spec.read_only}
-    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "cameras", "image_qos", "image_transport"}
+    assert read_only == set(params.MODEL_PARAMS) | {"use_depth", "cameras", "image_qos", "image_transport",
+                                                        "pipeline"}
     for spec in params.PARAMS:
         d = params.descriptor(spec)
         assert d.description and d.name == spec.name

@@ -14,8 +14,10 @@ Threads: the main thread runs a single-threaded executor for the subscription ca
 timers, the parameter services and ~/ground; each callback only stores what arrived and returns
 (~/ground's yields until its answer is in). One worker thread owns the model: it takes the newest
 frame of every camera that has one (a newer frame replaces an unprocessed one of its camera, which
-is counted) as one batch, runs inference once for the batch and publishes; ~/ground requests are
-taken in turn with the batches. (rclpy's MultiThreadedExecutor takes images late under load: see
+is counted) as one batch and runs inference once for the batch; a second thread (parameter
+``pipeline``, ``pipeline.PublishStage``) then finds the 3D points and publishes, while the worker
+infers the next batch (one batch at most waits for it, results keep their order); ~/ground
+requests are taken in turn with the batches. (rclpy's MultiThreadedExecutor takes images late under load: see
 docs/ros.md, Latency.)
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ from .ground_service import GroundRequest, NextSpin, parse_request
 from .inference import MAX_INFERENCE_SIDE, predict_frames, release_free_memory
 from .messages import (best_point, contact_poses, diagnostic_status, diagnostics_message, heatmap_image, marker_array,
                        point_stamped, result_heatmap, result_message)
+from .pipeline import PublishStage
 from .queries import NewestQueries, join_prompts, parse_prompts
 from .stop_signals import StopSignals, exit_now
 
@@ -76,6 +79,7 @@ DEPTH_WAIT_S = 0.3
 # image_qos auto: the publishers are looked at when one connects (matched event) and every
 # AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher).
 AUTO_QOS_PERIOD_S = 0.5
+PUBLISH_DRAIN_S = 2.0  # deactivate: the longest wait for the publishing stage to publish the frames in hand
 SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
@@ -95,6 +99,7 @@ class GroundingNode(Node):
         self._markers_lock = threading.Lock()  # a frame's markers and the clear of a prompt change, in order
         self._queries = NewestQueries()
         self._worker: threading.Thread | None = None
+        self._publisher: PublishStage | None = None  # with parameter pipeline: publishes while the worker infers
         # Open (active): the cameras' subscriptions and publishers and the timers exist. The worker
         # holds the lock for a whole batch, so closing waits for the frames in hand to be published.
         self._io_lock = threading.Lock()
@@ -131,6 +136,8 @@ class GroundingNode(Node):
         (CUDA graphs of ``compile: reduce-overhead``) belongs to the thread that runs it."""
         built: queue.Queue[StartupError | None] = queue.Queue(maxsize=1)
         self._slot = LatestSlot()
+        if self.settings.pipeline:
+            self._publisher = PublishStage(lambda e: self.get_logger().error(f"publishing stage: {e!r}"))
         self._worker = threading.Thread(target=self._run_worker, args=(built,), name="affordance_inference",
                                         daemon=True)
         self._worker.start()
@@ -161,6 +168,8 @@ class GroundingNode(Node):
         traffic stops reaching the process and nothing is published. The model stays."""
         with self._io_lock:
             self._io_open = False
+        if self._publisher is not None:
+            self._publisher.drain(PUBLISH_DRAIN_S)
         for timer in self._timers_open:
             self.destroy_timer(timer)
         self._timers_open = []
@@ -191,10 +200,13 @@ class GroundingNode(Node):
         release_free_memory()  # what building the engine freed (export, quantisation): 100-300 MB
 
     def stop(self, timeout_s: float = 1.5) -> None:
-        """Let the worker finish the frames in hand, then end it."""
+        """Let the worker finish the frames in hand, then end it (and the publishing stage)."""
         self._slot.close()
         if self._worker is not None:
             self._worker.join(timeout_s)
+        if self._publisher is not None:
+            self._publisher.close(timeout_s)
+            self._publisher = None
 
     def destroy_node(self) -> None:
         if self._io_open:
@@ -312,16 +324,20 @@ class GroundingNode(Node):
         try:
             self._process(batch)
         except Exception as e:  # one bad batch must never stop the node
-            if not self.context.ok():
-                return  # shutting down: publishers are gone
-            for frame in batch:
-                self._streams[frame.camera].stats.count("failed")
-            self.throttled.error("failed", f"frame(s) skipped, inference failed: {type(e).__name__}: {e}")
-            self.get_logger().debug(traceback.format_exc())
+            self._batch_failed([self._streams[frame.camera] for frame in batch], "inference", e)
+
+    def _batch_failed(self, streams: list[CameraStream], stage: str, error: Exception) -> None:
+        """Count and log a batch that failed in ``stage``; the node goes on."""
+        if not self.context.ok():
+            return  # shutting down: publishers are gone
+        for stream in streams:
+            stream.stats.count("failed")
+        self.throttled.error("failed", f"frame(s) skipped, {stage} failed: {type(error).__name__}: {error}")
+        self.get_logger().debug(traceback.format_exc())
 
     def _process(self, batch: list[Frame]) -> None:
-        """The newest frame of each waiting camera, through the model in one batch, then published
-        on each camera's outputs."""
+        """The newest frame of each waiting camera, through the model in one batch; then, on the
+        publishing stage (with parameter pipeline) or here, published on each camera's outputs."""
         s, ready = self.settings, []
         for frame in batch:
             stream = self._streams[frame.camera]
@@ -335,6 +351,21 @@ class GroundingNode(Node):
         depths = [self._paired_depth(stream, frame.msg, s) if s.use_depth else None for frame, stream, _ in ready]
         outputs, inference_ms = self._infer([rgb for _, _, rgb in ready], [stream for _, stream, _ in ready],
                                             s.prompts, s)
+        if self._publisher is not None:
+            self._publisher.submit(lambda: self._publish_in_stage(ready, depths, outputs, inference_ms, s))
+        else:
+            self._publish_batch(ready, depths, outputs, inference_ms, s)
+
+    def _publish_in_stage(self, *batch) -> None:
+        """:meth:`_publish_batch` on the publishing stage: a failure is counted, as in the worker."""
+        try:
+            self._publish_batch(*batch)
+        except Exception as e:  # one bad batch must never stop the stage
+            self._batch_failed([stream for _, stream, _ in batch[0]], "publishing", e)
+
+    def _publish_batch(self, ready: list, depths: list, outputs: list, inference_ms: float,
+                       s: node_parameters.Settings) -> None:
+        """3D points, messages and publishing of an inferred batch (the publishing stage, or the worker)."""
         for (frame, stream, rgb), depth, predictions in zip(ready, depths, outputs):
             points, normals = [], []
             if s.use_depth:

@@ -96,6 +96,7 @@ class Settings:
     cameras: tuple[str, ...]
     image_qos: str
     image_transport: str
+    pipeline: bool
     max_rate_hz: float
     ground_timeout_s: float
 
