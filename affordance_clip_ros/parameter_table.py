@@ -19,6 +19,7 @@ from .model.templates import validate_templates
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "auto")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 RESULT_ENCODINGS = ("32FC1", "mono8")
+PIPELINE_CHOICES = ("auto", "on", "off")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # one token of a ROS name
 
@@ -103,8 +104,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("image_transport", "raw", "raw: sensor_msgs/Image on image; compressed: sensor_msgs/CompressedImage "
               "(JPEG or PNG) on <image>/compressed, as image_transport's compressed plugin publishes it",
               read_only=True, choices=IMAGE_TRANSPORTS),
-    ParamSpec("pipeline", True, "publish on a second thread while the next frames are inferred (false: one "
-              "thread infers and publishes in turn)", read_only=True),
+    ParamSpec("pipeline", "auto", "publish on a second thread while the next frames are inferred: auto (on when "
+              "the model runs on CUDA; on a CPU the model keeps every core busy and a second thread only competes), "
+              "on, off (one thread infers and publishes in turn)", read_only=True, choices=PIPELINE_CHOICES),
     ParamSpec("max_rate_hz", 0.0, "most frames processed per second; 0 = as fast as the model runs",
               range=(0.0, 1000.0, 0.0)),
     ParamSpec("ground_timeout_s", 5.0, "~/ground requests with timeout_s 0: seconds to wait for the answer "

@@ -18,8 +18,8 @@ behind another. Per resolution (640x480, 1280x720) it reports:
   them (it processes the newest frame and drops the others); ``loaded_e2e_ms`` /
   ``loaded_e2e_p95_ms`` / ``loaded_e2e_max_ms``: publish -> result of the frames answered in that
   stream (the latency a planner sees at full camera rate).
-* With ``--pipeline both``, a second node with parameter ``pipeline: false`` is measured in turn
-  with the default one (stream windows alternating, two rounds averaged, so that a change of the
+* With ``--pipeline both``, a node with parameter ``pipeline: off`` is measured in turn with one
+  with ``pipeline: on`` (stream windows alternating, two rounds averaged, so that a change of the
   machine's load hits both alike): its figures end in ``_serial``, and ``pipeline_speedup_<size>``
   is the ratio of the two ``e2e_fps``.
 * Costs measured here, in-process, with the node's own functions (median ms): ``convert_ms``
@@ -200,10 +200,9 @@ def main() -> int:
     parser.add_argument("--rate-hz", type=float, default=100.0, help="camera rate of that stream")
     parser.add_argument("--resolutions", nargs="+", default=[f"{w}x{h}" for w, h in RESOLUTIONS],
                         help="image sizes WIDTHxHEIGHT (default 640x480 1280x720)")
-    parser.add_argument("--pipeline", choices=("true", "false", "both"), default="true",
-                        help="node parameter pipeline; both: a serial node too, measured in turn with the "
-                        "pipelined one (figures suffixed _serial), and pipeline_speedup_<size> = e2e_fps / "
-                        "e2e_fps_serial")
+    parser.add_argument("--pipeline", choices=("auto", "on", "off", "both"), default="auto",
+                        help="node parameter pipeline; both: on, and off measured in turn with it (figures "
+                        "suffixed _serial), and pipeline_speedup_<size> = e2e_fps / e2e_fps_serial")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for start-up / a result")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -217,9 +216,9 @@ def main() -> int:
                      "compile": args.compile, "rate_hz": args.rate_hz, "frames": args.frames,
                      "rmw": os.environ.get("RMW_IMPLEMENTATION", ""),
                      "grounder_backend": grounder.backend}
-    variants = {"pipeline": {**params, "pipeline": args.pipeline != "false"}}
+    variants = {"pipeline": {**params, "pipeline": "on" if args.pipeline == "both" else args.pipeline}}
     if args.pipeline == "both":
-        variants["serial"] = {**params, "pipeline": False}
+        variants["serial"] = {**params, "pipeline": "off"}
     results.update(measure_nodes(variants, grounder, args))
     if args.pipeline == "both":
         for size in args.resolutions:

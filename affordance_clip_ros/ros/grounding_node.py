@@ -136,8 +136,6 @@ class GroundingNode(Node):
         (CUDA graphs of ``compile: reduce-overhead``) belongs to the thread that runs it."""
         built: queue.Queue[StartupError | None] = queue.Queue(maxsize=1)
         self._slot = LatestSlot()
-        if self.settings.pipeline:
-            self._publisher = PublishStage(lambda e: self.get_logger().error(f"publishing stage: {e!r}"))
         self._worker = threading.Thread(target=self._run_worker, args=(built,), name="affordance_inference",
                                         daemon=True)
         self._worker.start()
@@ -145,6 +143,9 @@ class GroundingNode(Node):
             self._worker.join()
             self._worker = None
             raise error
+        pipeline = self.settings.pipeline
+        if pipeline == "on" or (pipeline == "auto" and self.grounder.device.type == "cuda"):
+            self._publisher = PublishStage(lambda e: self.get_logger().error(f"publishing stage: {e!r}"))
 
     def open_io(self) -> None:
         """Create each camera's subscriptions and publishers (parameter cameras; one unnamed camera

@@ -96,7 +96,7 @@ class Settings:
     cameras: tuple[str, ...]
     image_qos: str
     image_transport: str
-    pipeline: bool
+    pipeline: str
     max_rate_hz: float
     ground_timeout_s: float
 
