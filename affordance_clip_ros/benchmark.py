@@ -10,6 +10,7 @@ import copy
 import gc
 import json
 import logging
+import os
 import platform
 import resource
 import time
@@ -136,7 +137,8 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
     prompts16 = [f"action {i}" for i in range(16)]
     results: dict = {"clip_model": clip_model, "device": str(dev), "torch": torch.__version__,
                      "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-                     or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats}
+                     or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats,
+                     "load_avg_start": os.getloadavg()[0]}
     if dev.type == "cuda":
         results["peak_gpu_mb"] = default_path_gpu_mb(clip_model, device, backend, image, prompts16)
     fast, grounder416 = fast_paths(clip_model, device, repeats, warmup, backend, extra_paths)
@@ -166,6 +168,7 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
             del grounder
             free_memory(dev)
     results["peak_rss_mb"] = peak_rss_mb()
+    results["load_avg_end"] = os.getloadavg()[0]  # 1-minute load average: other work on a shared machine
     return results
 
 
@@ -272,8 +275,10 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
         results[f"{name}_speedup_vs_naive_fp32"] = times["naive_fp32"] / times[name]
         results[f"{name}_corr"] = fidelity(grounder, naive, autocast_image_path(variant))
         results[f"{name}_build_s"] = build_s[name]
+    results["int8_gate_corr"] = grounder.int8_gate_correlation  # the default path's gate (None: not int8 tried)
     if "ort_int8" in variants:
         results["ort_int8_kept"] = variants["ort_int8"].image_path_precision == "int8"  # False: refused by its gate
+        results["ort_int8_gate_corr"] = variants["ort_int8"].int8_gate_correlation
     return results, grounder
 
 

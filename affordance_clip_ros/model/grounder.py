@@ -224,6 +224,12 @@ class AffordanceGrounder(nn.Module):
         return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.dtype]
 
     @property
+    def int8_gate_correlation(self) -> float | None:
+        """The int8 fidelity gate's heatmap correlation with fp32, when this grounder's image path
+        build measured it (None: torch backend, fp32 asked for, or the engine came from the cache)."""
+        return getattr(self._embedder, "gate_correlation", None)
+
+    @property
     def prepared(self) -> bool:
         """Whether the image path is built (by :meth:`prepare` or the first image)."""
         return self._embedder is not None
