@@ -125,6 +125,16 @@ def _unfolded_state(grounder: AffordanceGrounder, raw) -> dict:
     return state
 
 
+def describe_cpu() -> str:
+    """'AMD EPYC, 2 cores, avx512_vnni': the CPU model, the cores this process may use, int8 dot-product support."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return ", ".join([model, f"{len(os.sched_getaffinity(0))} cores", *vnni])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -136,8 +146,8 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
     image = skimage.data.coffee()
     prompts16 = [f"action {i}" for i in range(16)]
     results: dict = {"clip_model": clip_model, "device": str(dev), "torch": torch.__version__,
-                     "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-                     or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats,
+                     "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else describe_cpu(),
+                     "threads": torch.get_num_threads(), "repeats": repeats,
                      "load_avg_start": os.getloadavg()[0]}
     if dev.type == "cuda":
         results["peak_gpu_mb"] = default_path_gpu_mb(clip_model, device, backend, image, prompts16)

@@ -15,12 +15,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 from tqdm import tqdm
 
+from affordance_clip_ros.benchmark import describe_cpu
 from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
 from affordance_clip_ros.model.onnx_backend import INT8_MIN_CORRELATION
 
@@ -57,8 +57,8 @@ def main() -> int:
         rows.append(gate(args.clip_model, seed, args.input_size))
         print(json.dumps(rows[-1]), flush=True)
     kept = sum(r["int8_kept"] for r in rows)
-    result = {"clip_model": args.clip_model, "input_size": args.input_size, "machine": platform.processor()
-              or platform.machine(), "cpus": os.cpu_count(), "min_correlation": INT8_MIN_CORRELATION,
+    result = {"clip_model": args.clip_model, "input_size": args.input_size, "machine": describe_cpu(),
+              "min_correlation": INT8_MIN_CORRELATION,
               "seeds": rows, "int8_kept": f"{kept}/{len(rows)}",
               "worst_gate_corr": min(r["gate_corr"] for r in rows)}
     print(f"int8 kept for {kept} of {len(rows)} seeds; worst gate correlation {result['worst_gate_corr']:.4f}")
