@@ -23,9 +23,9 @@ import skimage.data
 import torch
 
 from .cli_common import add_model_arguments
-from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, pixel_text_logits
+from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, GrounderConfig, pixel_text_logits
 from .model.fidelity import FIDELITY_PROMPTS, min_correlation
-from .model.grounder import onnxruntime_available, resolve_device
+from .model.grounder import create_clip, onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def build_grounder(clip_model: str, device: str, precision: str, input_size: int
     use (or by ``prepare()``), so weights loaded before that are the ones exported."""
     config = GrounderConfig(clip_model=clip_model, clip_pretrained="none", device=device, precision=precision,
                             input_size=input_size, backend=backend)
-    clip = FrozenCLIP.create(clip_model, "none", resolve_device(device))
+    clip = create_clip(config).to(resolve_device(device))  # text weights from config.random_seed: same every run
     torch.manual_seed(0)
     fpn = AffordanceFPN(FPNConfig(clip.feature_channels, clip.embed_dim, levels=levels)).to(clip.device)
     return AffordanceGrounder(clip, fpn, config)
