@@ -206,8 +206,8 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
 
     precision "fp32"; "int8" or "auto": int8 when its heatmaps correlate >= INT8_MIN_CORRELATION
     with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps embeddings to the
-    maps the user gets; default: logits for 8 random text directions). int8 is about 1.8x the
-    speed of fp32 on a VNNI CPU; building it takes ~20 s for RN101 (then cached).
+    maps the user gets; default: logits for 8 random text directions). int8 is about 1.9-2x the
+    speed of fp32 on a 2-core VNNI CPU; building it takes 30-50 s for RN101 there (then cached).
     The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the
     weights, so a new checkpoint never reuses a stale engine; ``cacheable`` False (random weights)
     skips it.
