@@ -10,6 +10,7 @@ import copy
 import gc
 import json
 import logging
+import os
 import platform
 import resource
 import time
@@ -22,11 +23,10 @@ import skimage.data
 import torch
 
 from .cli_common import add_model_arguments
-from .model import (AffordanceFPN, AffordanceGrounder, FPNConfig, FrozenCLIP, GrounderConfig, find_peaks,
-                    pixel_text_logits)
+from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, GrounderConfig, find_peaks, pixel_text_logits
 from .model.device_postprocess import blend_heatmap, find_peaks_torch
 from .model.fidelity import FIDELITY_PROMPTS, min_correlation
-from .model.grounder import onnxruntime_available, resolve_device
+from .model.grounder import create_clip, onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
 from .visualization import draw_overlay
 
@@ -82,7 +82,7 @@ def build_grounder(clip_model: str, device: str, precision: str, input_size: int
     use (or by ``prepare()``), so weights loaded before that are the ones exported."""
     config = GrounderConfig(clip_model=clip_model, clip_pretrained="none", device=device, precision=precision,
                             input_size=input_size, backend=backend)
-    clip = FrozenCLIP.create(clip_model, "none", resolve_device(device))
+    clip = create_clip(config).to(resolve_device(device))  # text weights from config.random_seed: same every run
     torch.manual_seed(0)
     fpn = AffordanceFPN(FPNConfig(clip.feature_channels, clip.embed_dim, levels=levels)).to(clip.device)
     return AffordanceGrounder(clip, fpn, config)
@@ -129,6 +129,16 @@ def _unfolded_state(grounder: AffordanceGrounder, raw) -> dict:
     return state
 
 
+def describe_cpu() -> str:
+    """'AMD EPYC, 2 cores, avx512_vnni': the CPU model, the cores this process may use, int8 dot-product support."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vnni = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    return ", ".join([model, f"{len(os.sched_getaffinity(0))} cores", *vnni])
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -140,8 +150,9 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
     image = skimage.data.coffee()
     prompts16 = [f"action {i}" for i in range(16)]
     results: dict = {"clip_model": clip_model, "device": str(dev), "torch": torch.__version__,
-                     "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor()
-                     or platform.machine(), "threads": torch.get_num_threads(), "repeats": repeats}
+                     "machine": torch.cuda.get_device_name(dev) if dev.type == "cuda" else describe_cpu(),
+                     "threads": torch.get_num_threads(), "repeats": repeats,
+                     "load_avg_start": os.getloadavg()[0]}
     if dev.type == "cuda":
         results["peak_gpu_mb"] = default_path_gpu_mb(clip_model, device, backend, image, prompts16)
     fast, grounder416 = fast_paths(clip_model, device, repeats, warmup, backend, extra_paths)
@@ -175,6 +186,7 @@ def run_benchmark(clip_model: str, device: str, sizes: tuple[int, ...], repeats:
             del grounder
             free_memory(dev)
     results["peak_rss_mb"] = peak_rss_mb()
+    results["load_avg_end"] = os.getloadavg()[0]  # 1-minute load average: other work on a shared machine
     return results
 
 
@@ -303,8 +315,10 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
         results[f"{name}_speedup_vs_naive_fp32"] = times["naive_fp32"] / times[name]
         results[f"{name}_corr"] = fidelity(grounder, naive, autocast_image_path(variant))
         results[f"{name}_build_s"] = build_s[name]
+    results["int8_gate_corr"] = grounder.int8_gate_correlation  # the default path's gate (None: not int8 tried)
     if "ort_int8" in variants:
         results["ort_int8_kept"] = variants["ort_int8"].image_path_precision == "int8"  # False: refused by its gate
+        results["ort_int8_gate_corr"] = variants["ort_int8"].int8_gate_correlation
     return results, grounder
 
 

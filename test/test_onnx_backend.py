@@ -127,7 +127,21 @@ def test_engine_cache_is_keyed_by_the_weights(torch_grounder, tmp_path):
     assert not (tmp_path / "none").exists(), "random weights (cacheable False) are never cached"
 
 
-def test_int8_quantises_layers_1_to_3_and_keeps_stem_layer4_fpn_in_fp32(tiny_clip):
+def test_int8_exclusions_keep_the_stem_shortcuts_layer4_and_fpn_in_fp32():
+    from onnx import helper
+
+    names = ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/conv1/Conv",
+             "/layer2/layer2.0/downsample/downsample.0/Conv", "/layer3/layer3.5/conv3/Conv",
+             "/layer4/layer4.0/conv2/Conv", "/fpn/project/0/Conv"]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name=n) for n in names]
+    nodes.append(helper.make_node("Relu", ["y"], ["z"], name="/layer4/layer4.0/Relu"))
+    assert onnx_backend.excluded_convs(nodes) == [
+        "/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer2/layer2.0/downsample/downsample.0/Conv",
+        "/layer4/layer4.0/conv2/Conv", "/fpn/project/0/Conv"]
+    assert onnx_backend.excluded_convs(nodes, exclude=()) == []
+
+
+def test_int8_quantises_the_residual_branches_of_layers_1_to_3_only(tiny_clip):
     import io
 
     import onnx
@@ -141,10 +155,33 @@ def test_int8_quantises_layers_1_to_3_and_keeps_stem_layer4_fpn_in_fp32(tiny_cli
     produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantised = {n.name for n in convs if produced_by.get(n.input[1]) == "DequantizeLinear"}
-    assert quantised and all(name.startswith(("/layer1/", "/layer2/", "/layer3/")) for name in quantised)
+    assert {"/layer1/layer1.0/conv1/Conv", "/layer2/layer2.0/conv2/Conv", "/layer3/layer3.0/conv3/Conv"} <= quantised
+    assert all(name.startswith(("/layer1/", "/layer2/", "/layer3/")) and "/downsample/" not in name
+               for name in quantised)
     kept = {n.name for n in convs} - quantised
-    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv"} <= kept  # the stem
+    assert kept == set(onnx_backend.excluded_convs(convs))
+    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/downsample/downsample.0/Conv"} <= kept
     assert any(name.startswith("/fpn/") for name in kept) and any(name.startswith("/layer4/") for name in kept)
+
+
+def test_calibration_uses_natural_photos_other_than_the_check_photos():
+    """int8 ranges come from scikit-image photos, letterboxed as the model sees them; the gate
+    checks on other photos, so it does not grade int8 on the images it was calibrated on."""
+    assert not set(onnx_backend.CALIBRATION_PHOTOS) & set(onnx_backend.CHECK_PHOTOS)
+    photos = onnx_backend.photo_pixels(onnx_backend.CALIBRATION_PHOTOS, 96)
+    assert len(photos) == len(onnx_backend.CALIBRATION_PHOTOS) >= 3
+    for pixels in photos:
+        assert pixels.shape == (1, 3, 96, 96) and pixels.dtype == torch.float32
+        assert pixels.std() > 0.3 and -3 < pixels.mean() < 3  # normalised photo content, not blank padding
+
+
+def test_int8_passes_its_gate_on_tiny_random_weights_at_several_seeds():
+    """The scheme itself, with the real threshold: no seed of RN-tiny falls back to fp32."""
+    for seed in range(3):
+        grounder = AffordanceGrounder.from_config(GrounderConfig(**dict(
+            TINY, backend="onnxruntime", precision="int8", random_seed=seed, input_size=96)))
+        assert grounder.image_path_precision == "int8", seed
+        assert grounder.int8_gate_correlation >= onnx_backend.INT8_MIN_CORRELATION
 
 
 def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
@@ -156,3 +193,4 @@ def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
     with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", 1.01):
         refused = build_ort_image_path(path, 96, "int8", None, cacheable=False)
     assert refused.precision == "fp32" and "using ONNX Runtime fp32 instead" in caplog.text
+    assert refused.gate_correlation == pytest.approx(kept.gate_correlation, abs=1e-6)  # reported either way

@@ -180,6 +180,15 @@ def graphed_image_path(grounder: "AffordanceGrounder") -> GraphedImagePath:
     return path
 
 
+def create_clip(config: GrounderConfig) -> FrozenCLIP:
+    """The configured CLIP on the CPU; random weights (clip_pretrained "none") are drawn from
+    ``config.random_seed``, the same every run, without touching the caller's generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.random_seed)
+        return FrozenCLIP.create(config.clip_model, config.clip_pretrained, "cpu", config.clip_cache_dir,
+                                 config.text_cache_size)
+
+
 def compiled_image_path(grounder: "AffordanceGrounder") -> Callable[[torch.Tensor], torch.Tensor]:
     """``torch.compile`` of the torch image path, compiled now on a blank batch-1 frame (and, for
     CUDA graphs, recorded) so that the first camera frame does not pay for it. A new batch size
@@ -230,10 +239,7 @@ class AffordanceGrounder(nn.Module):
     def from_config(cls, config: GrounderConfig) -> "AffordanceGrounder":
         """Build CLIP, load weights and the FPN checkpoint (if any) on the configured device."""
         device = resolve_device(config.device)
-        with torch.random.fork_rng(devices=[]):  # seeds random weights without touching the caller's generator
-            torch.manual_seed(config.random_seed)
-            clip = FrozenCLIP.create(config.clip_model, config.clip_pretrained, "cpu", config.clip_cache_dir,
-                                     config.text_cache_size).to(device)
+        clip = create_clip(config).to(device)
         fpn = None
         if config.fpn_checkpoint:
             fpn, meta = load_fpn(config.fpn_checkpoint, config.clip_model, clip.feature_channels, clip.embed_dim,
@@ -270,6 +276,12 @@ class AffordanceGrounder(nn.Module):
         if isinstance(self._embedder, GraphedImagePath) and self._embedder.failed:
             return "off"
         return resolve_image_path(self.config.compile, self.backend, self.device)
+
+    @property
+    def int8_gate_correlation(self) -> float | None:
+        """The int8 fidelity gate's heatmap correlation with fp32, when this grounder's image path
+        build measured it (None: torch backend, fp32 asked for, or the engine came from the cache)."""
+        return getattr(self._embedder, "gate_correlation", None)
 
     @property
     def prepared(self) -> bool:

@@ -16,10 +16,11 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -39,12 +40,12 @@ INT8_MIN_CORRELATION = 0.99  # int8 is used only when its heatmaps correlate thi
 # Photos shipped with scikit-image: int8 calibration, and the fidelity check int8 must pass.
 CALIBRATION_PHOTOS = ("stereo_motorcycle", "immunohistochemistry", "astronaut")
 CHECK_PHOTOS = ("coffee", "chelsea")
-# Convolutions left in fp32 by int8 (node-name prefixes): the FPN, layer4 and the stem. Measured on
-# RN101 (random weights, 2 cores, one run; min / median heatmap Pearson vs fp32 over 4 photos x 16
-# texts, speed vs a naive torch forward): all convs 0.986 / 0.998, 3.1x; these kept in fp32
-# 0.993 / 0.999, 2.8x; only layer3 quantised 0.993, 2.4x; ONNX Runtime fp32 1.6x.
-INT8_EXCLUDE = ("/fpn/", "/layer4/", "/conv")  # "/conv": the stem's conv1-3 (layers are "/layerN/...")
-CACHE_FORMAT = 1  # bump when the export or quantisation recipe changes
+# Convolutions left in fp32 by int8 (regular expressions on node names): the FPN, layer4, the stem's
+# conv1-3 and the shortcut ("downsample") convs, which carry the whole residual stream. Measured on
+# RN101, random weights, 2 cores (docs/performance.md): with the shortcuts quantised the gate refused
+# seed 0 (0.9897; 0.9987 without); quantising the stem's conv2-3 made int8 slower (308 vs 232 ms).
+INT8_EXCLUDE = (r"^/fpn/", r"^/layer4/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
+CACHE_FORMAT = 2  # bump when the export or quantisation recipe changes
 
 
 class ImagePath(nn.Module):
@@ -101,7 +102,8 @@ def session_options(threads: int | None = None):
 
 
 class OrtImagePath:
-    """The image path as an ONNX Runtime CPU session: torch pixels in, torch embeddings out."""
+    """The image path as an ONNX Runtime CPU session: torch pixels in, torch embeddings out.
+    ``gate_correlation``: the int8 fidelity gate's figure when this build measured it, else None."""
 
     def __init__(self, model: bytes | str | Path, threads: int | None = None, precision: str = "fp32"):
         import onnxruntime as ort
@@ -109,6 +111,7 @@ class OrtImagePath:
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
         self.precision = precision
+        self.gate_correlation: float | None = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         array = pixels.detach().float().contiguous().cpu().numpy()
@@ -129,11 +132,16 @@ def photo_pixels(names: Sequence[str], input_size: int) -> list[torch.Tensor]:
     return out
 
 
+def excluded_convs(nodes: Iterable, exclude: Sequence[str] = INT8_EXCLUDE) -> list[str]:
+    """Names of the Conv nodes that one of the ``exclude`` patterns matches (``re.search``)."""
+    return [n.name for n in nodes if n.op_type == "Conv" and any(re.search(p, n.name) for p in exclude)]
+
+
 def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor],
                   exclude: Sequence[str] = INT8_EXCLUDE) -> bytes:
     """Static int8 quantisation of the CLIP trunk's convolutions (QDQ, per-channel int8 weights,
-    uint8 activations, min-max calibration on ``calibration`` inputs); convolutions whose node
-    name starts with one of ``exclude`` stay fp32. Runs on VNNI as u8s8 integer convolutions."""
+    uint8 activations, min-max calibration on ``calibration`` inputs); convolutions that one of the
+    ``exclude`` patterns matches stay fp32. Runs on VNNI as u8s8 integer convolutions."""
     import onnx
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -150,8 +158,7 @@ def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor],
         raw, prepared, quantised = (Path(tmp) / n for n in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
         raw.write_bytes(fp32_model)
         quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
-        kept = [n.name for n in onnx.load(str(prepared)).graph.node
-                if n.op_type == "Conv" and n.name.startswith(tuple(exclude))]
+        kept = excluded_convs(onnx.load(str(prepared)).graph.node, exclude)
         quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
                         nodes_to_exclude=kept)
@@ -199,8 +206,8 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
 
     precision "fp32"; "int8" or "auto": int8 when its heatmaps correlate >= INT8_MIN_CORRELATION
     with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps embeddings to the
-    maps the user gets; default: logits for 8 random text directions). int8 is about 1.8x the
-    speed of fp32 on a VNNI CPU; building it takes ~20 s for RN101 (then cached).
+    maps the user gets; default: logits for 8 random text directions). int8 is about 1.9-2x the
+    speed of fp32 on a 2-core VNNI CPU; building it takes 30-50 s for RN101 there (then cached).
     The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the
     weights, so a new checkpoint never reuses a stale engine; ``cacheable`` False (random weights)
     skips it.
@@ -235,6 +242,7 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
             return torch.einsum("bchw,nc->nhw", embeddings, probes)
     with torch.inference_mode():
         corr = heatmap_correlation(fp32_path, int8_path, photo_pixels(CHECK_PHOTOS, input_size), heatmaps)
+    fp32_path.gate_correlation = int8_path.gate_correlation = corr
     if corr < INT8_MIN_CORRELATION:
         log.warning("int8 heatmaps correlate only %.4f with fp32 (< %.2f): using ONNX Runtime fp32 instead.",
                     corr, INT8_MIN_CORRELATION)
