@@ -17,8 +17,10 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 environment (scripts/with_r
 
 import skimage.data
 from lifecycle_msgs.msg import TransitionEvent
+from rclpy.task import Future
 
 import support
+from affordance_clip_ros.ros.client import first_answer
 
 if not support.installed_executable("managed_grounding_node").is_file():
     pytest.fail("managed_grounding_node is not installed: run `make build`", pytrace=False)
@@ -123,6 +125,9 @@ def test_shutdown_works_from_every_state(state, tmp_path):
         for transition in {"unconfigured": [], "inactive": ["configure"], "active": ["configure", "activate"]}[state]:
             assert client.change_state(transition), node.log()
         assert client.lifecycle_state() == state
+        if state != "active":  # a transition the state does not offer is refused, the state stays
+            assert not client.change_state("activate" if state == "unconfigured" else "deactivate")
+            assert client.lifecycle_state() == state
         assert client.change_state("shutdown"), node.log()
         assert client.lifecycle_state() == "finalized"
         assert node.running()
@@ -130,6 +135,25 @@ def test_shutdown_works_from_every_state(state, tmp_path):
         client.close()
         rc = node.stop()
     assert rc == 0 and "Traceback" not in node.log(), node.log()
+
+
+def test_an_unanswered_request_is_sent_again_and_the_first_answer_wins():
+    """A service response lost in DDS (a new client's first calls on a busy host) costs a resend,
+    not the caller's whole timeout; what stays unanswered is forgotten."""
+    sent, forgotten = [], []
+
+    def send() -> Future:
+        sent.append(Future())
+        if len(sent) == 3:  # the third request is answered, at once
+            sent[-1].set_result(f"answer {len(sent)}")
+        return sent[-1]
+
+    start = time.monotonic()
+    assert first_answer(send, forgotten.append, "test", answer_s=10.0, resend_s=0.2) == "answer 3"
+    assert 0.35 < time.monotonic() - start < 2.0
+    assert forgotten == sent[:2]
+    with pytest.raises(TimeoutError, match="test did not answer within 0.5 s"):
+        first_answer(Future, forgotten.append, "test", answer_s=0.5)
 
 
 def test_a_failed_configure_is_reported_and_the_node_stays_unconfigured_and_alive(tmp_path):

@@ -45,6 +45,7 @@ from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.task import Future
 from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -59,6 +60,10 @@ from .conversions import numpy_to_image
 from .grounding_node import NODE_NAME, QUERY_TOPIC
 
 PACKAGE = "affordance_clip_ros"
+# A cheap request that changes nothing when repeated is sent again after this long without an answer.
+RESEND_S = 2.0
+TRANSITION_GOALS = {"configure": "inactive", "activate": "active", "deactivate": "inactive",
+                    "cleanup": "unconfigured", "shutdown": "finalized"}
 OUTPUTS = ("result", "heatmap", "overlay", "contact_point", "contact_poses", "markers")  # the node's ~/ topics
 
 
@@ -80,6 +85,33 @@ def use_fastdds_profile_here() -> bool:
         return False
     os.environ[fastdds_profile_variable()] = str(fastdds_profile_path())
     return True
+
+
+def first_answer(send: Callable[[], Future], forget: Callable[[Future], Any], what: str, answer_s: float,
+                 resend_s: float | None = None) -> Any:
+    """Send a request with ``send`` and return the first answer; TimeoutError after ``answer_s``.
+
+    With ``resend_s``, the request is sent again after each ``resend_s`` seconds without an answer:
+    Fast DDS drops a service response when the client's response reader is not matched yet (it
+    logs "client will not receive response" on the server), which happens to a new client's
+    first calls on a busy host. Unanswered requests are handed to ``forget`` at the end.
+    """
+    done, futures = threading.Event(), []
+    deadline = time.monotonic() + answer_s
+    try:
+        while True:
+            future = send()
+            future.add_done_callback(lambda _: done.set())
+            futures.append(future)
+            remaining = deadline - time.monotonic()
+            if done.wait(max(0.0, min(remaining, resend_s or remaining))):
+                return next(f for f in futures if f.done()).result()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{what} did not answer within {answer_s:g} s")
+    finally:
+        for future in futures:
+            if not future.done():
+                forget(future)
 
 
 class GroundingClient:
@@ -243,26 +275,19 @@ class GroundingClient:
         """Set parameters of the grounding node through its services; one result per parameter."""
         if not self.parameters.wait_for_services(timeout_sec=timeout):
             raise TimeoutError("parameter services of the grounding node not available")
-        future = self.parameters.set_parameters([Parameter(k, value=v) for k, v in values.items()])
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not future.done():
-            raise TimeoutError("set_parameters did not answer")
-        return list(future.result().results)
+        parameters = [Parameter(k, value=v) for k, v in values.items()]
+        answer = first_answer(lambda: self.parameters.set_parameters(parameters), Future.cancel,
+                              "set_parameters", timeout, RESEND_S)
+        return list(answer.results)
 
     def get_parameters(self, *names: str, timeout: float = 10.0) -> dict[str, Any]:
         """Current values of the grounding node's parameters ``names``."""
         if not self.parameters.wait_for_services(timeout_sec=timeout):
             raise TimeoutError("parameter services of the grounding node not available")
-        future = self.parameters.get_parameters(list(names))
-        deadline = time.monotonic() + timeout
-        while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not future.done():
-            raise TimeoutError("get_parameters did not answer")
-        values = future.result().values
-        return {n: Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)).value for n, v in zip(names, values)}
+        answer = first_answer(lambda: self.parameters.get_parameters(list(names)), Future.cancel,
+                              "get_parameters", timeout, RESEND_S)
+        return {n: Parameter.from_parameter_msg(ParameterMsg(name=n, value=v)).value
+                for n, v in zip(names, answer.values)}
 
     def ground(self, prompts: Iterable[str], image: np.ndarray | Image | None = None,
                depth: np.ndarray | Image | None = None, camera_info: CameraInfo | None = None,
@@ -285,34 +310,68 @@ class GroundingClient:
             request.depth = depth if isinstance(depth, Image) else numpy_to_image(depth, encoding, request.image.header)
         if camera_info is not None:
             request.camera_info = camera_info
-        # the node answers by its own timeout; 5 s more cover transport
-        return self._call(self.ground_client, request, timeout, timeout + 5.0)
+        # the node answers by its own timeout, 5 s more cover transport; a lost answer is asked again once
+        return self._call(self.ground_client, request, timeout, 2 * (timeout + 5.0), resend_s=timeout + 5.0)
 
     def lifecycle_state(self, timeout: float = 10.0) -> str:
         """The lifecycle state of a ``managed_grounding_node``: unconfigured, inactive, active or
         finalized (or a transition state such as configuring)."""
-        return self._call(self._get_state, GetState.Request(), timeout, timeout).current_state.label
+        return self._call(self._get_state, GetState.Request(), timeout, timeout, RESEND_S).current_state.label
 
     def change_state(self, transition: str, timeout: float = 120.0) -> bool:
         """Ask a ``managed_grounding_node`` for a lifecycle transition by its label (configure,
         activate, deactivate, cleanup, shutdown), as ``ros2 lifecycle set`` does; True when it
-        succeeded. ``timeout`` covers building the model on configure."""
+        succeeded. ``timeout`` covers building the model on configure.
+
+        A lost answer does not hang the caller: while none comes, the node's state is asked every
+        few seconds. Reaching the transition's goal state counts as success; a state still the
+        one before the transition means the request was lost, and it is sent again (a duplicate the
+        node already carried out is refused by the node as an invalid transition, which is harmless).
+        """
+        if transition not in TRANSITION_GOALS:
+            raise ValueError(f"unknown transition {transition!r}; choose from {', '.join(TRANSITION_GOALS)}")
+        goal = TRANSITION_GOALS[transition]
+        before = self.lifecycle_state(timeout=min(timeout, 30.0))
         request = ChangeState.Request(transition=Transition(label=transition))
-        return self._call(self._change_state, request, 10.0, timeout).success
+        done, futures = threading.Event(), []
+
+        def send() -> None:
+            future = self._change_state.call_async(request)
+            future.add_done_callback(lambda _: done.set())
+            futures.append(future)
+
+        if not self._change_state.wait_for_service(timeout_sec=10.0):
+            raise TimeoutError(f"service {self._change_state.srv_name} not available")
+        deadline = time.monotonic() + timeout
+        send()
+        try:
+            while not done.wait(RESEND_S):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"transition {transition} not answered within {timeout:g} s")
+                try:
+                    state = self.lifecycle_state(timeout=RESEND_S)
+                except TimeoutError:
+                    continue  # the node is busy with the transition (configure builds the model)
+                if state == goal != before:
+                    return True
+                if state == before:
+                    send()
+            if any(f.done() and f.result().success for f in futures):
+                return True
+            return before != goal and self.lifecycle_state() == goal
+        finally:
+            for future in futures:
+                if not future.done():
+                    self._change_state.remove_pending_request(future)
 
     @staticmethod
-    def _call(client, request, wait_s: float, answer_s: float):
+    def _call(client, request, wait_s: float, answer_s: float, resend_s: float | None = None):
         """Call a service: TimeoutError when it is not there within ``wait_s`` seconds or does
-        not answer within ``answer_s``."""
+        not answer within ``answer_s``; see :func:`first_answer` for ``resend_s``."""
         if not client.wait_for_service(timeout_sec=wait_s):
             raise TimeoutError(f"service {client.srv_name} not available")
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(answer_s):
-            client.remove_pending_request(future)
-            raise TimeoutError(f"service {client.srv_name} did not answer within {answer_s:g} s")
-        return future.result()
+        return first_answer(lambda: client.call_async(request), client.remove_pending_request,
+                            f"service {client.srv_name}", answer_s, resend_s)
 
     def node_subscription_reliability(self, topic: str | None = None):
         """Reliability of the grounding node's subscription to ``topic`` (the image topic), or None."""
