@@ -24,7 +24,7 @@ import torch
 
 from .cli_common import add_model_arguments
 from .model import AffordanceFPN, AffordanceGrounder, FPNConfig, GrounderConfig, find_peaks, pixel_text_logits
-from .model.device_postprocess import blend_heatmap, find_peaks_torch
+from .model.device_postprocess import blend_heatmap_torch, find_peaks_torch
 from .model.fidelity import FIDELITY_PROMPTS, min_correlation
 from .model.grounder import create_clip, onnxruntime_available, resolve_device
 from .model.letterbox import letterbox_batch, unletterbox
@@ -207,7 +207,7 @@ def postprocess_figures(grounder: AffordanceGrounder, image: np.ndarray, prompts
         "peaks_device_ms_16_prompts": lambda: find_peaks_torch(maps, cfg.num_peaks, cfg.peak_threshold,
                                                                cfg.peak_min_distance),
         "overlay_host_ms": lambda: draw_overlay(image, maps[0].cpu().numpy()),
-        "overlay_device_ms": lambda: blend_heatmap(pixels, maps[0]).cpu().numpy(),
+        "overlay_device_ms": lambda: blend_heatmap_torch(pixels, maps[0]).cpu().numpy(),
     }, repeats, warmup, grounder.device)
 
 

@@ -62,14 +62,20 @@ def draw_overlay(image_rgb: np.ndarray, heatmap: np.ndarray, peaks: Sequence[Pea
                  label: str | None = None) -> np.ndarray:
     """Blend the colour heatmap on the image (``alpha`` = heatmap weight), mark peaks (best = 1),
     and write the prompt in the corner. Returns BGR uint8, the size of the image."""
+    return draw_peaks(blend_heatmap(image_rgb, heatmap, alpha), peaks, label)
+
+
+def blend_heatmap(image_rgb: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The colour heatmap blended on the image (``alpha`` = heatmap weight): BGR uint8, before
+    peaks and labels are drawn (the device twin:
+    :func:`affordance_clip_ros.model.device_postprocess.blend_heatmap_torch`)."""
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    blend = cv2.addWeighted(colorize(heatmap), float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
-    return draw_peaks(blend, peaks, label)
+    return cv2.addWeighted(colorize(heatmap), float(alpha), image_bgr, 1.0 - float(alpha), 0.0)
 
 
 def draw_peaks(out: np.ndarray, peaks: Sequence[Peak] = (), label: str | None = None) -> np.ndarray:
     """Mark peaks (best = 1) and write the prompt in the corner of a BGR uint8 image, in place (a
-    blend made on the device by :func:`affordance_clip_ros.model.device_postprocess.blend_heatmap`,
+    blend made on the device by :func:`affordance_clip_ros.model.device_postprocess.blend_heatmap_torch`,
     say); returns it."""
     scale = max(out.shape[:2]) / 640.0
     radius, thick = max(4, int(8 * scale)), max(1, int(2 * scale))

@@ -50,9 +50,8 @@ from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
 from affordance_clip_ros.msg import AffordanceResult
 from affordance_clip_ros.ros.client import GroundingClient, use_fastdds_profile_here
 from affordance_clip_ros.ros.conversions import numpy_to_image, rgb_from_image
-from affordance_clip_ros.ros.inference import predict_any_size
+from affordance_clip_ros.ros.inference import predict_frames
 from affordance_clip_ros.ros.messages import heatmap_image, result_message
-from affordance_clip_ros.visualization import draw_overlay
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
 import support  # test/support/: the node as a subprocess, domain ids, the Motorcycle RGB-D frame
@@ -79,18 +78,19 @@ def in_process_costs(grounder: AffordanceGrounder, rgb: np.ndarray, repeats: int
     """What the node does around the model for one frame, timed piece by piece."""
     header = Header(frame_id="camera")
     msg = numpy_to_image(rgb, "rgb8", header)
-    [pred], _ = predict_any_size(grounder, rgb, [PROMPT])
+    [maps] = predict_frames(grounder, [rgb], [PROMPT])
+    [pred] = maps.predictions
     heatmaps = [heatmap_image(pred.heatmap, header)]
     result = result_message(header, [pred], [None], 0.0, heatmaps)
-    overlay = numpy_to_image(draw_overlay(rgb, pred.heatmap, pred.peaks, 0.5, pred.prompt), "bgr8", header)
+    overlay = numpy_to_image(maps.overlay(rgb, 0.5), "bgr8", header)
     raw = serialize_message(msg)
+    # the model with the copy of its map to the host; the overlay as the node draws it (on CUDA: blended there)
     return {
-        "model_in_process_ms": median_ms(lambda: predict_any_size(grounder, rgb, [PROMPT]), repeats),
+        "model_in_process_ms": median_ms(lambda: predict_frames(grounder, [rgb], [PROMPT])[0].heatmap(0), repeats),
         "convert_ms": median_ms(lambda: rgb_from_image(msg), repeats),
         "messages_ms": median_ms(lambda: result_message(header, [pred], [None], 0.0,
                                                         [heatmap_image(pred.heatmap, header)]), repeats),
-        "overlay_ms": median_ms(lambda: numpy_to_image(draw_overlay(rgb, pred.heatmap, pred.peaks, 0.5, pred.prompt),
-                                                       "bgr8", header), repeats),
+        "overlay_ms": median_ms(lambda: numpy_to_image(maps.overlay(rgb, 0.5), "bgr8", header), repeats),
         "serialize_ms": median_ms(lambda: (serialize_message(msg), serialize_message(result),
                                            serialize_message(overlay)), repeats),
         "deserialize_ms": median_ms(lambda: deserialize_message(raw, Image), repeats),

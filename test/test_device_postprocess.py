@@ -1,7 +1,9 @@
 """Post-processing in torch (what runs on the GPU), checked on CPU tensors against the host path:
-the same peaks as find_peaks, the same overlay blend as draw_overlay."""
+the same peaks as find_peaks, the same overlay as draw_overlay, the same resized and reduced
+maps as OpenCV, and the same published forms from the node's FrameMaps either way."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,10 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from affordance_clip_ros.model import Peak, find_peaks
-from affordance_clip_ros.model.device_postprocess import blend_heatmap, find_peaks_torch
+from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig, Peak, find_peaks
+from affordance_clip_ros.model.device_postprocess import blend_heatmap_torch, find_peaks_torch, reduce_maps, resize_maps
 from affordance_clip_ros.model.letterbox import Letterbox, unletterbox
+from affordance_clip_ros.ros.inference import FrameMaps, predict_frames
+from affordance_clip_ros.ros.result_messages import reduce_heatmap
 from affordance_clip_ros.visualization import draw_overlay
+from conftest import TINY
 
 
 def _host_peaks(maps: np.ndarray, num: int, threshold: float, distance: int) -> list:
@@ -62,5 +67,65 @@ def test_blend_is_draw_overlays_within_one_grey_level(coffee):
     heatmap[0, :5] = float("nan")
     for alpha in (0.0, 0.3, 0.5, 1.0):
         host = draw_overlay(coffee, heatmap.numpy(), [], alpha).astype(int)
-        device = blend_heatmap(torch.from_numpy(coffee), heatmap, alpha).numpy().astype(int)
+        device = blend_heatmap_torch(torch.from_numpy(coffee), heatmap, alpha).numpy().astype(int)
         assert device.shape == host.shape and np.abs(device - host).max() <= 1, alpha
+
+
+def _smooth_maps(n: int, height: int, width: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    return unletterbox(torch.rand(n, 13, 13), Letterbox(height, width, 416))
+
+
+def test_resize_is_opencvs_bilinear():
+    maps = _smooth_maps(3, 240, 320)
+    resized = resize_maps(maps, 480, 640)
+    for ours, source in zip(resized.numpy(), maps.numpy()):
+        host = np.clip(cv2.resize(source, (640, 480), interpolation=cv2.INTER_LINEAR), 0, 1)
+        assert ours.shape == (480, 640) and np.abs(ours - host).max() < 1e-5
+
+
+@pytest.mark.parametrize("height, width, max_side", [(480, 640, 0), (480, 640, 160), (400, 600, 150),
+                                                     (480, 640, 300), (479, 641, 97), (480, 640, 2000)])
+def test_reduced_maps_are_the_host_reduction(height, width, max_side):
+    """Shapes and scales are identical; values agree exactly for whole shrink factors and within
+    0.02 otherwise (area averaging over whole pixels against OpenCV's fractional areas)."""
+    maps = _smooth_maps(2, height, width)
+    whole = max_side == 0 or max_side >= max(height, width) or max(height, width) % max_side == 0
+    for encoding, tolerance in (("32FC1", 1e-5 if whole else 0.02), ("mono8", 1 if whole else 6)):
+        ours, scale = reduce_maps(maps, max_side, encoding)
+        for device_map, source in zip(ours.numpy(), maps.numpy()):
+            host, host_scale = reduce_heatmap(source, max_side, encoding)
+            assert (device_map.dtype, device_map.shape, scale) == (host.dtype, host.shape, host_scale)
+            assert np.abs(device_map.astype(float) - host.astype(float)).max() <= tolerance, encoding
+
+
+def test_frame_maps_publish_the_same_on_the_device_and_on_the_host(tiny_grounder, coffee):
+    """What the node publishes from a frame's maps, made by the torch operations (CUDA's path, here
+    on CPU tensors) and by OpenCV: the result maps, full or reduced, and the overlay."""
+    [host] = predict_frames(tiny_grounder, [coffee], ["hold", "cut with"])
+    device = FrameMaps(["hold", "cut with"], host.maps, [p.peaks for p in host.predictions], on_device=True)
+    assert not host.on_device and [p.peaks for p in device.predictions] == [p.peaks for p in host.predictions]
+    for max_side, encoding, tolerance in ((0, "32FC1", 0.0), (150, "mono8", 1), (250, "32FC1", 0.02)):
+        ours, scale = device.result_maps(max_side, encoding)
+        theirs, host_scale = host.result_maps(max_side, encoding)
+        assert scale == host_scale and len(ours) == len(theirs) == 2
+        for a, b in zip(ours, theirs):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.abs(a.astype(float) - b.astype(float)).max() <= tolerance, (max_side, encoding)
+    ours, theirs = device.overlay(coffee, 0.4).astype(int), host.overlay(coffee, 0.4).astype(int)
+    assert ours.shape == theirs.shape == coffee.shape and np.abs(ours - theirs).max() <= 2
+    first = host.predictions[0]
+    assert np.array_equal(theirs, draw_overlay(coffee, first.heatmap, first.peaks, 0.4, first.prompt))
+
+
+def test_downscaled_frames_get_maps_and_peaks_at_their_resolution(coffee):
+    grounder = AffordanceGrounder.from_config(GrounderConfig(**TINY, peak_threshold=0.0))  # random weights: flat maps
+    big = cv2.resize(coffee, (1200, 800), interpolation=cv2.INTER_LINEAR)
+    [frame] = predict_frames(grounder, [big], ["hold"], max_side=600)
+    [small] = predict_frames(grounder, [cv2.resize(big, (600, 400), interpolation=cv2.INTER_AREA)], ["hold"])
+    assert frame.downscaled and not small.downscaled
+    expected = np.clip(cv2.resize(small.heatmap(0), (1200, 800), interpolation=cv2.INTER_LINEAR), 0, 1)
+    assert frame.heatmap(0).shape == (800, 1200) and np.abs(frame.heatmap(0) - expected).max() < 1e-6
+    assert small.predictions[0].peaks
+    assert [(p.u, p.v, p.score) for p in frame.predictions[0].peaks] == \
+        [(2 * p.u + 1, 2 * p.v + 1, p.score) for p in small.predictions[0].peaks]

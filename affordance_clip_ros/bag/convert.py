@@ -22,8 +22,7 @@ from ..model.grounder import AffordanceGrounder, AffordancePrediction
 from ..ros import result_messages as results
 from ..ros.conversions import ImageConversionError, image_to_numpy, rgb_from_message
 from ..ros.geometry import DepthError, depth_to_metres, peak_points
-from ..ros.inference import predict_frames
-from ..visualization import draw_overlay
+from ..ros.inference import FrameMaps, predict_frames
 from .pairing import Frame, FramePairer
 from .reader import BagReader, TopicInfo
 from .types import IMAGE, POINT_STAMPED, RESULT, message_types
@@ -155,8 +154,8 @@ class BagConverter:
         outputs = predict_frames(self.grounder, [rgb for _, rgb in decoded], self.settings.prompts)
         seconds = time.perf_counter() - start
         self.summary.model_s += seconds
-        for (frame, rgb), (predictions, _) in zip(decoded, outputs):
-            self._write(frame, rgb, predictions, seconds * 1e3 / len(decoded))  # the batch's time, shared
+        for (frame, rgb), maps in zip(decoded, outputs):
+            self._write(frame, rgb, maps, seconds * 1e3 / len(decoded))  # the batch's time, shared
             progress.update(1)
 
     def _decode(self, frame: Frame):
@@ -167,16 +166,15 @@ class BagConverter:
             self._warn_once(f"frame skipped: {e}")
             return None
 
-    def _write(self, frame: Frame, rgb, predictions: list[AffordancePrediction], inference_ms: float) -> None:
-        header, types = frame.msg.header, self.types
+    def _write(self, frame: Frame, rgb, maps: FrameMaps, inference_ms: float) -> None:
+        header, types, predictions = frame.msg.header, self.types, maps.predictions
         when = frame.stamp or frame.log_time
         points = self._points(frame, rgb.shape[:2], predictions) if self.settings.use_depth else []
         heatmaps = [results.heatmap_image(types, p.heatmap, header) for p in predictions]
         self.out.write("result", when, results.result_message(types, header, predictions, points, inference_ms,
                                                               heatmaps))
         self.out.write("heatmap", when, heatmaps[0])
-        first = predictions[0]
-        overlay = draw_overlay(rgb, first.heatmap, first.peaks, self.settings.alpha, first.prompt)
+        overlay = maps.overlay(rgb, self.settings.alpha)
         self.out.write("overlay", when, types.image(overlay, "bgr8", header))
         if (best := results.best_point(points)) is not None:
             self.out.write("contact_point", when, results.point_stamped(types, header, best))

@@ -1,6 +1,8 @@
-"""Post-processing on the maps' own device (pure torch): peaks and the overlay's heatmap blend, so
-that on CUDA only what is published crosses to the host. Un-letterboxing and the resize to the
-image already run on the maps' device (:func:`.letterbox.unletterbox`)."""
+"""Post-processing on the maps' own device (pure torch): peaks, resizing, the shrinking and
+quantising of published maps and the overlay's heatmap blend, so that on CUDA only what is
+published crosses to the host. Un-letterboxing runs on the maps' device too
+(:func:`.letterbox.unletterbox`). Each operation has a host twin with OpenCV, which is faster
+on the CPU; tests hold the two together."""
 from __future__ import annotations
 
 import functools
@@ -50,7 +52,7 @@ def _turbo_lut(device: torch.device) -> torch.Tensor:
     return torch.from_numpy(cv2.applyColorMap(grey, cv2.COLORMAP_TURBO)[:, 0]).to(device)
 
 
-def blend_heatmap(image_rgb: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+def blend_heatmap_torch(image_rgb: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
     """uint8 H x W x 3 RGB image and an H x W [0, 1] map on one device -> the BGR uint8 blend of
     :func:`affordance_clip_ros.visualization.draw_overlay` (TURBO colours, ``alpha`` = heatmap
     weight) before the peaks and labels are drawn, on that device."""
@@ -58,3 +60,30 @@ def blend_heatmap(image_rgb: torch.Tensor, heatmap: torch.Tensor, alpha: float =
     colour = _turbo_lut(heatmap.device)[grey.long()].float()
     blend = colour * float(alpha) + image_rgb.flip(-1).float() * (1.0 - float(alpha))
     return blend.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def reduced_size(height: int, width: int, max_side: int) -> tuple[float, tuple[int, int]]:
+    """A map shrunk so that its longest side is at most ``max_side`` (0: not shrunk):
+    (map pixels per input pixel, (width, height))."""
+    if not 0 < max_side < max(height, width):
+        return 1.0, (width, height)
+    scale = max_side / max(height, width)
+    return scale, (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def resize_maps(maps: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, h, w) [0, 1] maps -> (N, height, width), bilinear as OpenCV's INTER_LINEAR, in [0, 1]."""
+    return F.interpolate(maps[None].float(), size=(height, width), mode="bilinear",
+                         align_corners=False)[0].clamp_(0.0, 1.0)
+
+
+def reduce_maps(maps: torch.Tensor, max_side: int = 0, encoding: str = "32FC1") -> tuple[torch.Tensor, float]:
+    """(N, H, W) [0, 1] maps -> (maps as published, scale): shrunk by area averaging to at most
+    ``max_side`` on the long side (see :func:`reduced_size`); ``encoding`` mono8 stores
+    round(255 * value) as uint8, 32FC1 keeps float32."""
+    scale, (width, height) = reduced_size(maps.shape[1], maps.shape[2], max_side)
+    if scale != 1.0:
+        maps = F.interpolate(maps[None].float(), size=(height, width), mode="area")[0]
+    if encoding == "mono8":
+        return (maps.clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8), scale
+    return maps.float(), scale

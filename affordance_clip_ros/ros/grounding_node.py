@@ -50,7 +50,6 @@ from ..model.grounder import AffordanceGrounder
 from ..model.weights import WeightsLoadError, WeightsNotFoundError
 from ..msg import AffordanceResult
 from ..srv import Ground
-from ..visualization import draw_overlay
 from . import node_parameters
 from .camera_stream import CameraStream
 from .compat import MessageInfo
@@ -58,9 +57,9 @@ from .conversions import ImageConversionError, image_to_numpy, numpy_to_image, r
 from .frames import Frame, LatestSlot, ThrottledLog, stamp_ns
 from .geometry import DepthError, Deprojector, depth_to_metres, peak_points, surface_normals
 from .ground_service import GroundRequest, NextSpin, parse_request
-from .inference import MAX_INFERENCE_SIDE, predict_frames, release_free_memory
+from .inference import MAX_INFERENCE_SIDE, FrameMaps, predict_frames, release_free_memory
 from .messages import (best_point, contact_poses, diagnostic_status, diagnostics_message, heatmap_image, marker_array,
-                       point_stamped, result_heatmap, result_message)
+                       point_stamped, result_message)
 from .pipeline import PublishStage
 from .queries import NewestQueries, join_prompts, parse_prompts
 from .stop_signals import StopSignals, exit_now
@@ -367,8 +366,8 @@ class GroundingNode(Node):
     def _publish_batch(self, ready: list, depths: list, outputs: list, inference_ms: float,
                        s: node_parameters.Settings) -> None:
         """3D points, messages and publishing of an inferred batch (the publishing stage, or the worker)."""
-        for (frame, stream, rgb), depth, predictions in zip(ready, depths, outputs):
-            points, normals = [], []
+        for (frame, stream, rgb), depth, maps in zip(ready, depths, outputs):
+            predictions, points, normals = maps.predictions, [], []
             if s.use_depth:
                 try:
                     points, normals = self._camera_points(stream, frame.msg, depth, rgb.shape[:2], predictions, s)
@@ -378,26 +377,26 @@ class GroundingNode(Node):
                                            f"({stream.image_topic})")
             points += [None] * (len(predictions) - len(points))
             header = frame.msg.header
-            self._publish(stream, header, rgb, predictions, points, normals, inference_ms, s)
+            self._publish(stream, header, rgb, maps, points, normals, inference_ms, s)
             age_ns = self.get_clock().now().nanoseconds - stamp_ns(header.stamp)
             stream.stats.processed(age_ns / 1e6 if stamp_ns(header.stamp) > 0 and age_ns >= 0 else None,
                                    inference_ms)
 
     def _infer(self, rgbs: list, streams: list[CameraStream], prompts, s: node_parameters.Settings
-               ) -> tuple[list, float]:
-        """Images of ``streams`` in one batch -> (for each, predictions at its resolution; milliseconds
-        of the batch)."""
+               ) -> tuple[list[FrameMaps], float]:
+        """Images of ``streams`` in one batch -> (for each, its maps at its resolution, still on the
+        model's device; milliseconds of the batch)."""
         self.grounder.update_settings(**s.peak_settings())
         start = time.perf_counter()
         outputs = predict_frames(self.grounder, rgbs, prompts)
         inference_ms = (time.perf_counter() - start) * 1e3
-        for rgb, stream, (_, downscaled) in zip(rgbs, streams, outputs):
-            if downscaled:
+        for rgb, stream, maps in zip(rgbs, streams, outputs):
+            if maps.downscaled:
                 stream.stats.count("downscaled")
                 self.throttled.warning("downscaled", f"{rgb.shape[1]}x{rgb.shape[0]} frame on {stream.image_topic} "
                                        f"downscaled to {MAX_INFERENCE_SIDE} px for inference")
                 release_free_memory()
-        return [predictions for predictions, _ in outputs], inference_ms
+        return outputs, inference_ms
 
     def _serve(self, job: GroundRequest) -> None:
         """Answer one ~/ground request with one inference (worker thread)."""
@@ -411,11 +410,11 @@ class GroundingNode(Node):
             return
         depth = self._paired_depth(stream, job.image, s) if job.from_camera and s.use_depth else None
         try:
-            [predictions], inference_ms = self._infer([rgb], [stream], job.prompts, s)
+            [maps], inference_ms = self._infer([rgb], [stream], job.prompts, s)
         except Exception as e:  # a request must not stop the worker
             self._answer(job, False, f"inference failed: {type(e).__name__}: {e}")
             return
-        points, normals, note = [], [], ""
+        predictions, points, normals, note = maps.predictions, [], [], ""
         try:
             if depth is not None:
                 points, normals = self._camera_points(stream, job.image, depth, rgb.shape[:2], predictions, s)
@@ -431,7 +430,7 @@ class GroundingNode(Node):
                 return
             note = f"no 3D contact points: {e}"
         points += [None] * (len(predictions) - len(points))
-        result = self._result(job.image.header, predictions, points, normals, inference_ms, s)
+        result = self._result(job.image.header, maps, points, normals, inference_ms, s)
         self._answer(job, True, note, result)
 
     def _answer(self, job: GroundRequest, success: bool, message: str, result=None) -> None:
@@ -485,27 +484,25 @@ class GroundingNode(Node):
             self.throttled.warning("other frame", f"{listed} but the image is in '{image_frame}': depth and "
                                    "CameraInfo must be registered to the colour image (aligned depth)")
 
-    def _result(self, header, predictions, points, normals, inference_ms: float, s: node_parameters.Settings,
-                full_maps=None) -> AffordanceResult:
+    def _result(self, header, maps: FrameMaps, points, normals, inference_ms: float,
+                s: node_parameters.Settings) -> AffordanceResult:
         """The AffordanceResult of one image, its maps as parameters result_max_side and
-        result_encoding ask (``full_maps``: the full-resolution 32FC1 Images, when already built)."""
-        if s.result_max_side == 0 and s.result_encoding == "32FC1":
-            maps, scale = full_maps, 1.0
-        else:
-            reduced = [result_heatmap(p.heatmap, header, s.result_max_side, s.result_encoding) for p in predictions]
-            maps, scale = [image for image, _ in reduced], (reduced[0][1] if reduced else 1.0)
-        return result_message(header, predictions, points, inference_ms, maps, normals, scale)
+        result_encoding ask (made on the model's device, then copied)."""
+        arrays, scale = maps.result_maps(s.result_max_side, s.result_encoding)
+        images = [heatmap_image(array, header) for array in arrays]
+        return result_message(header, maps.predictions, points, inference_ms, images, normals, scale)
 
-    def _publish(self, stream: CameraStream, header, rgb, predictions, points, normals, inference_ms: float,
+    def _publish(self, stream: CameraStream, header, rgb, maps: FrameMaps, points, normals, inference_ms: float,
                  s: node_parameters.Settings) -> None:
-        pub = stream.pub
-        heatmaps = [heatmap_image(p.heatmap, header) for p in predictions]
-        pub["result"].publish(self._result(header, predictions, points, normals, inference_ms, s, heatmaps))
-        pub["heatmap"].publish(heatmaps[0])
+        """Every output of one frame; ~/heatmap and ~/overlay only while someone subscribes."""
+        pub, predictions = stream.pub, maps.predictions
+        result = self._result(header, maps, points, normals, inference_ms, s)
+        pub["result"].publish(result)
+        if pub["heatmap"].get_subscription_count():
+            full = result.maps[0].heatmap if result.maps[0].scale == 1.0 and s.result_encoding == "32FC1" else None
+            pub["heatmap"].publish(full if full is not None else heatmap_image(maps.heatmap(0), header))
         if s.publish_overlay and pub["overlay"].get_subscription_count():
-            first = predictions[0]
-            overlay = draw_overlay(rgb, first.heatmap, first.peaks, s.overlay_alpha, first.prompt)
-            pub["overlay"].publish(numpy_to_image(overlay, "bgr8", header))
+            pub["overlay"].publish(numpy_to_image(maps.overlay(rgb, s.overlay_alpha), "bgr8", header))
         if s.use_depth:
             markers = marker_array(header, predictions, points, normals)
             with self._markers_lock:  # never after the DELETEALL of a prompt clear

@@ -1,4 +1,5 @@
-"""Running the grounder on frames of any size (pure: numpy, OpenCV, the model; no ROS).
+"""Running the grounder on frames of any size, and the published forms of its maps (pure: numpy,
+OpenCV, the model; no ROS).
 
 Frames larger than ``max_side`` pixels on their long side (an 8K camera) are downscaled for
 inference, which bounds the model's memory and time; the heatmaps are resized back to the
@@ -8,32 +9,93 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 
-from ..model.grounder import AffordanceGrounder, AffordancePrediction
+from ..model.device_postprocess import blend_heatmap_torch, reduce_maps, resize_maps
+from ..model.grounder import AffordanceGrounder
 from ..model.peaks import Peak
+from ..visualization import blend_heatmap, draw_peaks
+from .result_messages import reduce_heatmap
 
 MAX_INFERENCE_SIDE = 1920
 
 
-def predict_any_size(grounder: AffordanceGrounder, rgb: np.ndarray, prompts, max_side: int = MAX_INFERENCE_SIDE
-                     ) -> tuple[list[AffordancePrediction], bool]:
-    """(predictions at the frame's resolution, whether the frame was downscaled for inference)."""
-    [(predictions, downscaled)] = predict_frames(grounder, [rgb], prompts, max_side)
-    return predictions, downscaled
+class FrameMaps:
+    """One frame's maps for all prompts, at the frame's resolution, where the model made them.
+
+    On CUDA the maps stay on the GPU: the published forms (full maps, shrunk or mono8 result maps,
+    the overlay's blend) are made there and only they are copied to the host, each when first
+    asked for. On the CPU the same forms come from OpenCV, which is faster there. ``on_device``
+    chooses the torch operations on any device (tests compare the two on the CPU)."""
+
+    def __init__(self, prompts: Sequence[str], maps: torch.Tensor, peaks: Sequence[list[Peak]],
+                 downscaled: bool = False, on_device: bool | None = None):
+        self.maps = maps  # (N, H, W) float32 in [0, 1]
+        self.downscaled = downscaled  # whether the frame was downscaled for inference
+        self.on_device = maps.device.type == "cuda" if on_device is None else on_device
+        self.predictions = [MapPrediction(self, i, prompt, list(found))
+                            for i, (prompt, found) in enumerate(zip(prompts, peaks))]
+        self._host: dict[int, np.ndarray] = {}
+
+    def heatmap(self, index: int) -> np.ndarray:
+        """Map ``index`` on the host, float32 H x W (copied once)."""
+        if index not in self._host:
+            self._host[index] = self.maps[index].cpu().numpy()
+        return self._host[index]
+
+    def result_maps(self, max_side: int = 0, encoding: str = "32FC1") -> tuple[list[np.ndarray], float]:
+        """Every map as ~/result carries it (see :func:`.result_messages.reduce_heatmap`): (arrays, scale)."""
+        if max_side == 0 and encoding == "32FC1":
+            return [self.heatmap(i) for i in range(len(self.predictions))], 1.0
+        if self.on_device:
+            reduced, scale = reduce_maps(self.maps, max_side, encoding)
+            return list(reduced.cpu().numpy()), scale
+        reduced = [reduce_heatmap(self.heatmap(i), max_side, encoding) for i in range(len(self.predictions))]
+        return [array for array, _ in reduced], (reduced[0][1] if reduced else 1.0)
+
+    def overlay(self, rgb: np.ndarray, alpha: float = 0.5, index: int = 0) -> np.ndarray:
+        """Map ``index`` drawn on the frame as ~/overlay shows it (BGR uint8): blend, peaks, prompt."""
+        if self.on_device:
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.maps.device)
+            blend = blend_heatmap_torch(pixels, self.maps[index], alpha).cpu().numpy()
+        else:
+            blend = blend_heatmap(rgb, self.heatmap(index), alpha)
+        first = self.predictions[index]
+        return draw_peaks(blend, first.peaks, first.prompt)
+
+
+@dataclass
+class MapPrediction:
+    """One prompt's result in a :class:`FrameMaps`: an AffordancePrediction whose heatmap is
+    copied to the host only when read."""
+
+    frame: FrameMaps
+    index: int
+    prompt: str
+    peaks: list[Peak]
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        return self.frame.heatmap(self.index)
 
 
 def predict_frames(grounder: AffordanceGrounder, frames, prompts, max_side: int = MAX_INFERENCE_SIDE
-                   ) -> list[tuple[list[AffordancePrediction], bool]]:
-    """Several frames in one forward pass: for each, (predictions at the frame's resolution,
-    whether it was downscaled for inference)."""
+                   ) -> list[FrameMaps]:
+    """Several frames in one forward pass: for each, its maps at the frame's resolution."""
     inputs = [_fit(rgb, max_side) for rgb in frames]
-    batch = grounder.predict_batch(inputs, prompts)
-    return [([_to_size(p, *rgb.shape[:2]) for p in predictions], True) if small is not rgb else (predictions, False)
-            for rgb, small, predictions in zip(frames, inputs, batch)]
+    prompts = list(prompts)
+    outputs = []
+    for rgb, small, result in zip(frames, inputs, grounder.predict_tensors(inputs, prompts)):
+        maps, peaks = result.maps, result.peaks
+        if small is not rgb:
+            maps, peaks = _to_size(maps, peaks, *rgb.shape[:2])
+        outputs.append(FrameMaps(prompts, maps, peaks, downscaled=small is not rgb))
+    return outputs
 
 
 def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
@@ -45,14 +107,18 @@ def _fit(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _to_size(prediction: AffordancePrediction, height: int, width: int) -> AffordancePrediction:
-    small_h, small_w = prediction.heatmap.shape
-    heatmap = cv2.resize(prediction.heatmap, (width, height), interpolation=cv2.INTER_LINEAR)
-    np.clip(heatmap, 0.0, 1.0, out=heatmap)
+def _to_size(maps: torch.Tensor, peaks: Sequence[list[Peak]], height: int, width: int
+             ) -> tuple[torch.Tensor, list[list[Peak]]]:
+    """Maps and peaks of a downscaled frame at the frame's resolution (bilinear; on the CPU by OpenCV)."""
+    small_h, small_w = maps.shape[1:]
+    if maps.device.type == "cpu":
+        resized = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps.numpy()]
+        maps = torch.from_numpy(np.clip(np.stack(resized), 0.0, 1.0)) if resized else maps.new_zeros(0, height, width)
+    else:
+        maps = resize_maps(maps, height, width)
     sx, sy = width / small_w, height / small_h
-    peaks = [Peak(u=min(width - 1, int((p.u + 0.5) * sx)), v=min(height - 1, int((p.v + 0.5) * sy)), score=p.score)
-             for p in prediction.peaks]
-    return AffordancePrediction(prediction.prompt, heatmap, peaks)
+    return maps, [[Peak(u=min(width - 1, int((p.u + 0.5) * sx)), v=min(height - 1, int((p.v + 0.5) * sy)),
+                        score=p.score) for p in prompt_peaks] for prompt_peaks in peaks]
 
 
 def release_free_memory() -> None:

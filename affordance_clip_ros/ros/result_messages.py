@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from ..model.device_postprocess import reduced_size
 from ..model.grounder import AffordancePrediction
 
 Point3 = tuple[float, float, float]
@@ -42,24 +43,33 @@ class MessageTypes:
 
 
 def heatmap_image(types: MessageTypes, heatmap: np.ndarray, header) -> Any:
-    """float32 H x W map in [0, 1] -> 32FC1 Image with the input's header."""
-    return types.image(np.asarray(heatmap, dtype=np.float32), "32FC1", header)
+    """H x W map in [0, 1] -> Image with the input's header: 32FC1, or mono8 for a uint8 map
+    (see :func:`reduce_heatmap`)."""
+    heatmap = np.asarray(heatmap)
+    if heatmap.dtype == np.uint8:
+        return types.image(heatmap, "mono8", header)
+    return types.image(heatmap.astype(np.float32, copy=False), "32FC1", header)
+
+
+def reduce_heatmap(heatmap: np.ndarray, max_side: int = 0, encoding: str = "32FC1") -> tuple[np.ndarray, float]:
+    """A map as ~/result carries it: (array, scale). ``max_side`` > 0 shrinks it so that its longest
+    side is at most that (area averaging); ``encoding`` 32FC1 keeps float32, mono8 stores
+    round(255 * value) as uint8. ``scale`` = map pixels per input pixel. (The device twin:
+    :func:`affordance_clip_ros.model.device_postprocess.reduce_maps`.)"""
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    scale, size = reduced_size(*heatmap.shape, max_side)
+    if scale != 1.0:
+        heatmap = cv2.resize(heatmap, size, interpolation=cv2.INTER_AREA)
+    if encoding == "mono8":
+        return np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8), scale
+    return heatmap, scale
 
 
 def result_heatmap(types: MessageTypes, heatmap: np.ndarray, header, max_side: int = 0,
                    encoding: str = "32FC1") -> tuple[Any, float]:
-    """A map for ~/result: (Image, scale). ``max_side`` > 0 shrinks it so that its longest side is
-    at most that (area averaging); ``encoding`` 32FC1 keeps floats, mono8 stores round(255 * value).
-    ``scale`` = map pixels per input pixel."""
-    height, width = heatmap.shape
-    scale = 1.0
-    if 0 < max_side < max(height, width):
-        scale = max_side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        heatmap = cv2.resize(np.asarray(heatmap, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
-    if encoding == "mono8":
-        return types.image(np.rint(np.clip(heatmap, 0.0, 1.0) * 255.0).astype(np.uint8), "mono8", header), scale
-    return heatmap_image(types, heatmap, header), scale
+    """A map for ~/result as an Image: (Image, scale), see :func:`reduce_heatmap`."""
+    array, scale = reduce_heatmap(heatmap, max_side, encoding)
+    return heatmap_image(types, array, header), scale
 
 
 def contact_points(types: MessageTypes, prediction: AffordancePrediction, points: Sequence[Point3 | None] | None,
