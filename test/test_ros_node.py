@@ -253,7 +253,7 @@ def prompts_become(client, text: str, timeout: float = 10.0) -> bool:
     return True
 
 
-def test_clearing_the_prompts_while_frames_stream_fails_nothing_and_clears_the_markers(grounding):
+def test_clearing_the_prompts_while_frames_stream_fails_nothing_and_clears_markers_and_poses(grounding):
     node, client = grounding
     client.set_parameters(prompts="ride", num_peaks=3, peak_threshold=0.0)
     left, depth, info = support.motorcycle_rgbd()
@@ -279,8 +279,9 @@ def test_clearing_the_prompts_while_frames_stream_fails_nothing_and_clears_the_m
         streamer.join()
     with client.lock:
         assert all(r.maps for r in client.results), "a result without maps was published"
-        last = client.markers[-1]
+        last, last_poses = client.markers[-1], client.poses[-1]
     assert [m.action for m in last.markers] == [Marker.DELETEALL]  # RViz shows nothing stale
+    assert last_poses.poses == [] and last_poses.header.frame_id == "clearing"  # nor does a planner
     assert client.counter("frames_failed") == failed, node.log()[-2000:]
 
 

@@ -225,9 +225,11 @@ class GroundingNode(Node):
                             self._clear_markers(stream)
 
     def _clear_markers(self, stream: CameraStream) -> None:
-        """Going idle: remove the last frame's markers from RViz rather than leave them as if current."""
+        """Going idle: remove the last frame's markers from RViz, and tell planners that no contact
+        pose stands, rather than leave the last ones as if current."""
         header = Header(frame_id=stream.marker_frame, stamp=self.get_clock().now().to_msg())
         stream.pub["markers"].publish(marker_array(header, [], []))
+        stream.pub["contact_poses"].publish(contact_poses(header, [], []))
 
     # ------------------------------------------------------------------ inputs (executor thread)
     def _on_query(self, msg: String, info: MessageInfo) -> None:
@@ -505,11 +507,12 @@ class GroundingNode(Node):
             pub["overlay"].publish(numpy_to_image(maps.overlay(rgb, s.overlay_alpha), "bgr8", header))
         if s.use_depth:
             markers = marker_array(header, predictions, points, normals)
-            with self._markers_lock:  # never after the DELETEALL of a prompt clear
+            poses = contact_poses(header, points, normals)
+            with self._markers_lock:  # never after the DELETEALL and empty poses of a prompt clear
                 if self.settings.prompts:
                     pub["markers"].publish(markers)
+                    pub["contact_poses"].publish(poses)
                     stream.marker_frame = header.frame_id
-            pub["contact_poses"].publish(contact_poses(header, points, normals))
             if (best := best_point(points)) is not None:
                 pub["contact_point"].publish(point_stamped(header, best))
 
