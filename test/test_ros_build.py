@@ -119,11 +119,12 @@ def test_install_is_a_current_copy_of_the_sources():
 
 def test_executables_installed():
     prefix = _installed_prefix()
-    node = prefix / "lib" / PKG / "grounding_node"
+    node, managed = prefix / "lib" / PKG / "grounding_node", prefix / "lib" / PKG / "managed_grounding_node"
     cli = prefix / "bin" / "affordance-clip"
-    for exe in (node, cli):
+    for exe in (node, managed, cli):
         assert exe.is_file() and os.access(exe, os.X_OK), exe
-    assert "affordance_clip_ros.ros.grounding_node" in node.read_text()
+    assert "affordance_clip_ros.ros.executable import main" in node.read_text()
+    assert "main(signals=SIGNALS, managed=True)" in managed.read_text()
     assert "affordance_clip_ros.cli" in cli.read_text()
 
 

@@ -23,25 +23,18 @@ docs/ros.md, Latency.)
 from __future__ import annotations
 
 import gc
-import logging
 import queue
 import threading
 import time
 import traceback
-from typing import NoReturn
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.context import Context
 from rclpy.exceptions import ParameterException
 from rclpy.event_handler import SubscriptionEventCallbacks
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
@@ -62,7 +55,6 @@ from .messages import (best_point, contact_poses, diagnostic_status, diagnostics
                        point_stamped, result_message)
 from .pipeline import PublishStage
 from .queries import NewestQueries, join_prompts, parse_prompts
-from .stop_signals import StopSignals, exit_now
 
 NODE_NAME = "affordance_grounding"
 QUERY_TOPIC = "/affordance/query"
@@ -79,7 +71,6 @@ DEPTH_WAIT_S = 0.3
 # AUTO_QOS_PERIOD_S (a reliable reader is not told of a new best-effort publisher).
 AUTO_QOS_PERIOD_S = 0.5
 PUBLISH_DRAIN_S = 2.0  # deactivate: the longest wait for the publishing stage to publish the frames in hand
-SPIN_PERIOD_S = 0.05  # how often the main thread looks at the stop event between callbacks
 
 
 class StartupError(RuntimeError):
@@ -601,80 +592,3 @@ def _startup_message(error: Exception, s: node_parameters.Settings) -> str:
     else:
         return f"cannot start: {type(error).__name__}: {text}"
     return f"cannot start: parameter {name}='{getattr(s, name)}': {text}\nFix: {_FIXES[name]}."
-
-
-class _RosLogHandler(logging.Handler):
-    """Python ``logging`` records of this package (the model's warnings) -> the node's logger."""
-
-    def __init__(self, logger):
-        super().__init__(logging.INFO)
-        self._logger = logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self._logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self._logger.warning(message)
-        else:
-            self._logger.info(message)
-
-
-def _route_python_logging(logger) -> None:
-    """Python ``logging`` (the model's INFO and up, other libraries' WARNING and up) -> ``logger``."""
-    root = logging.getLogger()
-    root.handlers[:] = [_RosLogHandler(logger)]
-    logging.getLogger("affordance_clip_ros").setLevel(logging.INFO)
-
-
-def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
-    """The ``grounding_node`` executable: run the node, then end the process at once (see
-    :func:`exit_now`). Use :func:`run` to run the node inside a longer-lived Python process."""
-    exit_now(run(args, signals or StopSignals.install()))
-
-
-def run(args: list[str] | None = None, signals: StopSignals | None = None, managed: bool = False) -> int:
-    """Run the node until SIGINT/SIGTERM; 0 after a clean shutdown, 1 when it cannot start.
-
-    ``signals``: installed by the executable before its imports (see :mod:`.stop_signals`;
-    without it, Ctrl-C raises KeyboardInterrupt as usual). Once the node runs, a signal only asks
-    for the shutdown, which then runs in order on this thread: the worker finishes the frame in hand
-    and stops, the executor stops, the node and only then the ROS context are destroyed.
-    (rclpy's own handlers shut the context down at once, under a worker that may be publishing:
-    that crashed the process with SIGSEGV now and then.) ``managed``: the lifecycle node, which
-    starts unconfigured.
-    """
-    context = Context()
-    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
-    stop_requested = signals.requested if signals else threading.Event()
-    logger = get_logger(NODE_NAME)
-    node = None
-    executor = SingleThreadedExecutor(context=context)
-    try:
-        if managed:
-            from .managed_node import ManagedGroundingNode
-            node = ManagedGroundingNode(context=context, signals=signals)
-        else:
-            node = GroundingNode(context=context)
-        logger = node.get_logger()
-        _route_python_logging(logger)
-        if not managed:
-            node.start()
-        executor.add_node(node)
-        if signals:
-            signals.started()
-        while not stop_requested.is_set() and context.ok():
-            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
-    except StartupError as e:
-        logger.error(str(e))
-        return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.stop()
-        executor.shutdown(timeout_sec=1.0)
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
-    return 0

@@ -21,12 +21,10 @@ apply once active.
 """
 from __future__ import annotations
 
-from typing import NoReturn
-
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from .grounding_node import GroundingNode, StartupError, run
-from .stop_signals import StopSignals, exit_now
+from .grounding_node import GroundingNode, StartupError
+from .stop_signals import StopSignals
 
 
 class ManagedGroundingNode(GroundingNode, LifecycleNode):
@@ -77,8 +75,3 @@ class ManagedGroundingNode(GroundingNode, LifecycleNode):
             self.close_io()
         self.free_model()
         return TransitionCallbackReturn.SUCCESS
-
-
-def main(args: list[str] | None = None, signals: StopSignals | None = None) -> NoReturn:
-    """The ``managed_grounding_node`` executable (see ``grounding_node.main``)."""
-    exit_now(run(args, signals or StopSignals.install(), managed=True))
