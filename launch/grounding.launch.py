@@ -46,6 +46,7 @@ from lifecycle_msgs.msg import Transition
 from affordance_clip_ros.ros.compat import fastdds_profile_set, fastdds_profile_variable
 
 PACKAGE = "affordance_clip_ros"
+RVIZ_OUTPUTS = ("overlay", "heatmap", "markers", "contact_point")  # the node's outputs config/grounding.rviz shows
 
 # name, default, description (the single list of launch arguments)
 ARGUMENTS = (
@@ -66,7 +67,8 @@ ARGUMENTS = (
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
      "YAML parameter file; use_depth, device, clip_pretrained, fpn_checkpoint and compile override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
-    ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers)"),
+    ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers; with cameras, the first "
+     "camera's)"),
     ("cameras", "", "camera names for one node, '[head, wrist]' or 'head, wrist': camera N subscribes N/image "
      "(with use_depth N/depth, N/camera_info) and publishes under ~/N/; the topic arguments then apply per camera "
      "when they contain {camera} (empty: params_file's value, one camera)"),
@@ -114,6 +116,7 @@ def _launch_setup(context) -> list:
         name="affordance_rviz",
         namespace=value["namespace"],
         arguments=["-d", PathJoinSubstitution([share, "config", "grounding.rviz"])],
+        remappings=_rviz_remappings(cameras),
         condition=IfCondition(value["rviz"]),
         output="log",
     )
@@ -146,6 +149,14 @@ def _boolean(name: str, text: str) -> bool:
 def _camera_names(text: str) -> list[str]:
     """'[head, wrist]', 'head, wrist' or 'head' -> ['head', 'wrist']; '' -> []."""
     return [name.strip().strip("'\"") for name in text.strip().strip("[]").split(",") if name.strip()]
+
+
+def _rviz_remappings(cameras: list[str]) -> list[tuple[str, str]]:
+    """With several cameras, RViz's displays (config/grounding.rviz) show the first camera's outputs."""
+    if not cameras:
+        return []
+    return [(f"affordance_grounding/{output}", f"affordance_grounding/{cameras[0]}/{output}")
+            for output in RVIZ_OUTPUTS]
 
 
 def _camera_remappings(value: dict[str, str], cameras: list[str]) -> list[tuple[str, str]]:

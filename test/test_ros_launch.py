@@ -177,6 +177,7 @@ def test_every_argument_reaches_the_node(launch_file):
         assert type(params.SPECS[name].default) is TO_NODE_PARAM[name]
     rviz = nodes["rviz2"].kwargs
     assert rviz["namespace"] == "arm" and rviz["arguments"][0] == "-d" and rviz["condition"].args == ("true",)
+    assert rviz["remappings"] == []  # one camera: the config's topics as they are
     [profile] = actions["SetEnvironmentVariable"]
     assert profile.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
 
@@ -202,6 +203,10 @@ def test_cameras_argument_sets_the_parameter_and_remaps_each_camera(launch_file,
         "head/image": "/head/color/image_raw", "head/camera_info": "/head/color/camera_info",
         "wrist/image": "/wrist/color/image_raw", "wrist/camera_info": "/wrist/color/camera_info",
         grounding_node.QUERY_TOPIC: grounding_node.QUERY_TOPIC}  # depth_topic has no {camera}: N/depth stays
+    [rviz] = [n for n in actions["Node"] if n.kwargs["executable"] == "rviz2"]  # RViz shows the first camera
+    prefix = grounding_node.NODE_NAME
+    assert dict(rviz.kwargs["remappings"]) == {f"{prefix}/{name}": f"{prefix}/head/{name}"
+                                               for name in ("overlay", "heatmap", "markers", "contact_point")}
 
 
 def test_a_camera_placeholder_without_cameras_is_refused(launch_file):
