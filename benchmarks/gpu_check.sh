@@ -14,6 +14,8 @@
 #   ros_latency.json  the node through DDS at 640x480 and 1280x720, default path, frames
 #                     published at 200 Hz: latency, results/s, p95 stream latency; the same with
 #                     pipeline false (_serial) and pipeline_speedup_<size>
+#   cuda_tests.log    the tests that need CUDA (CUDA graphs, post-processing on the device, the
+#                     publishing stage's own CUDA stream) with the rest of those two test modules
 #   train_log.csv     20 training steps of RN101 at 416, batch 32, on synthetic data (images/s)
 #   goals.json        the speed goals of the GPU path against these figures (benchmarks/goals.py)
 # Meant to finish within 8 minutes of device time (not yet timed in this form; the earlier form, with
@@ -74,7 +76,7 @@ set_up() {
   # --ignore-installed: the machine's packages are visible, and must not stand in for these.
   venv_pip install -q --no-index --no-deps --no-compile --ignore-installed "$WHEELS"/*.whl || return 1
   "$VENV/bin/python" -c "import torch, torchvision, cv2, skimage, onnxruntime, open_clip, pycocotools, matplotlib, \
-safetensors, tqdm, yaml" || { echo "a module above is missing on this machine: add its wheel" >&2; return 1; }
+safetensors, tqdm, yaml, pytest, hypothesis" || { echo "a module above is missing on this machine: add its wheel" >&2; return 1; }
   "$VENV/bin/python" scripts/fix_ros_wheels.py || return 1
   VENV="$VENV" bash scripts/build_ros.sh
 }
@@ -107,6 +109,7 @@ step benchmark with_ros -m affordance_clip_ros.cli benchmark --device "$DEVICE" 
   --sizes "${SIZES[@]}" "${REPEATS[@]}" --json "$OUT/benchmark.json"
 step ros_latency with_ros benchmarks/ros_latency.py --device "$DEVICE" --clip-model "$MODEL" --frames "$FRAMES" \
   --rate-hz 200 --pipeline both --json "$OUT/ros_latency.json"
+step cuda_tests with_ros -m pytest -q -p no:cacheprovider test/test_cuda_graphs.py test/test_device_postprocess.py
 step train train
 step goals "$VENV/bin/python" benchmarks/goals.py "$OUT"
 cat "$OUT/goals.log" 2>/dev/null

@@ -42,5 +42,8 @@ grep -iE "^(ros-|colcon-|catkin-pkg|empy|lark-parser)" "$LOCK" >"$ros_lock"
 # This package's own dependencies that a CUDA PyTorch machine lacks.
 # shellcheck disable=SC2046
 "${download[@]}" --no-deps $(pins open_clip_torch ftfy wcwidth regex pycocotools)
+# pytest and hypothesis with what they need, for the tests that need CUDA.
+# shellcheck disable=SC2046
+"${download[@]}" $(pins pytest hypothesis)
 rm -f "$DEST"/numpy-*.whl
 echo "gpu_wheels.sh: $(find "$DEST" -name '*.whl' | wc -l) wheels, $(du -sh "$DEST" | cut -f1) in $DEST (Python $PYVER)"

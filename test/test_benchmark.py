@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,9 @@ def test_gpu_check_runs_every_step_when_rehearsed_on_the_cpu(tmp_path):
                          text=True, timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     assert [line.split()[1] for line in run.stdout.splitlines() if line.startswith("== ")] == [
-        "machine", "setup", "benchmark", "ros_latency", "train", "goals"]
+        "machine", "setup", "benchmark", "ros_latency", "cuda_tests", "train", "goals"]
+    tests = (out / "cuda_tests.log").read_text()
+    assert re.search(r"\d+ passed, 3 skipped", tests), tests  # here without CUDA; on a GPU none skipped
     bench = json.loads((out / "benchmark.json").read_text())
     assert bench["device"] == "cpu" and bench["clip_model"] == "RN-tiny" and bench["fps_model"] > 0
     latency = json.loads((out / "ros_latency.json").read_text())

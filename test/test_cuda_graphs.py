@@ -3,6 +3,7 @@ CUDA exists, and eager with one warning when recording fails; grounder results k
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig, find_p
 from affordance_clip_ros.model import cuda_graphs
 from affordance_clip_ros.model.cuda_graphs import GraphedImagePath
 from affordance_clip_ros.model.grounder import autocast_dtype, resolve_image_path
+from affordance_clip_ros.ros.inference import predict_frames
 
 from conftest import TINY
 
@@ -83,3 +85,27 @@ def test_graphs_give_the_eager_heatmaps_and_peaks(coffee, precision):
     [device] = graphed.predict_tensors([coffee], prompts)
     assert device.maps.is_cuda
     assert device.peaks == [find_peaks(m, 5, 0.3, 20) for m in device.maps.cpu().numpy()]
+
+
+@needs_cuda
+def test_publishing_on_another_thread_while_the_next_frame_is_inferred(coffee):
+    """The node's publishing stage makes a frame's published forms on its own CUDA stream while the
+    worker infers the next frame: they are the frame's own, as when made one after the other."""
+    grounder = AffordanceGrounder.from_config(GrounderConfig(**dict(TINY, device="cuda")))
+    images, prompts = [coffee, np.ascontiguousarray(coffee[::-1])], ["hold", "cut with"]
+    [alone] = predict_frames(grounder, [images[0]], prompts)
+    expected_maps, _ = alone.result_maps(150, "mono8")
+    expected_overlay = alone.overlay(images[0]).astype(int)
+    def publish(frame, got: dict) -> None:
+        got.update(maps=frame.result_maps(150, "mono8")[0], overlay=frame.overlay(images[0]))
+
+    for _ in range(5):
+        [frame] = predict_frames(grounder, [images[0]], prompts)
+        got = {}
+        stage = threading.Thread(target=publish, args=(frame, got))
+        stage.start()
+        predict_frames(grounder, [images[1]] * 4, prompts)  # the worker's next batch, meanwhile
+        stage.join()
+        for ours, expected in zip(got["maps"], expected_maps):
+            assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+        assert np.abs(got["overlay"].astype(int) - expected_overlay).max() <= 2

@@ -7,8 +7,10 @@ frame's resolution and the peaks mapped to its pixels, so callers always get inp
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,35 +40,72 @@ class FrameMaps:
         self.maps = maps  # (N, H, W) float32 in [0, 1]
         self.downscaled = downscaled  # whether the frame was downscaled for inference
         self.on_device = maps.device.type == "cuda" if on_device is None else on_device
-        self.predictions = [MapPrediction(self, i, prompt, list(found))
-                            for i, (prompt, found) in enumerate(zip(prompts, peaks))]
+        self.prompts, self.peaks = list(prompts), [list(found) for found in peaks]
         self._host: dict[int, np.ndarray] = {}
+        self._made = None  # on CUDA: passed once the maps are complete on the stream that made them
+        if maps.device.type == "cuda":
+            self._made = torch.cuda.Event()
+            self._made.record()
+
+    @contextlib.contextmanager
+    def _device_work(self):
+        """Device work for publishing runs on a CUDA stream of the calling thread's own, after the
+        maps are made: on the publishing stage it never queues behind the next frame's inference."""
+        if self._made is None:
+            yield
+            return
+        stream = _publishing_stream(self.maps.device)
+        stream.wait_event(self._made)
+        self.maps.record_stream(stream)  # the allocator keeps the maps until this stream is done with them
+        with torch.cuda.stream(stream):
+            yield
+
+    @property
+    def predictions(self) -> list[MapPrediction]:
+        """One prediction per prompt, made on each call (they refer to this object, which holds none
+        of them: no reference cycle keeps a camera-sized set of maps alive until garbage collection)."""
+        return [MapPrediction(self, i, prompt, found)
+                for i, (prompt, found) in enumerate(zip(self.prompts, self.peaks))]
 
     def heatmap(self, index: int) -> np.ndarray:
         """Map ``index`` on the host, float32 H x W (copied once)."""
         if index not in self._host:
-            self._host[index] = self.maps[index].cpu().numpy()
+            with self._device_work():
+                self._host[index] = self.maps[index].cpu().numpy()
         return self._host[index]
 
     def result_maps(self, max_side: int = 0, encoding: str = "32FC1") -> tuple[list[np.ndarray], float]:
         """Every map as ~/result carries it (see :func:`.result_messages.reduce_heatmap`): (arrays, scale)."""
         if max_side == 0 and encoding == "32FC1":
-            return [self.heatmap(i) for i in range(len(self.predictions))], 1.0
+            return [self.heatmap(i) for i in range(len(self.prompts))], 1.0
         if self.on_device:
-            reduced, scale = reduce_maps(self.maps, max_side, encoding)
-            return list(reduced.cpu().numpy()), scale
-        reduced = [reduce_heatmap(self.heatmap(i), max_side, encoding) for i in range(len(self.predictions))]
+            with self._device_work():
+                reduced, scale = reduce_maps(self.maps, max_side, encoding)
+                return list(reduced.cpu().numpy()), scale
+        reduced = [reduce_heatmap(self.heatmap(i), max_side, encoding) for i in range(len(self.prompts))]
         return [array for array, _ in reduced], (reduced[0][1] if reduced else 1.0)
 
     def overlay(self, rgb: np.ndarray, alpha: float = 0.5, index: int = 0) -> np.ndarray:
         """Map ``index`` drawn on the frame as ~/overlay shows it (BGR uint8): blend, peaks, prompt."""
         if self.on_device:
-            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.maps.device)
-            blend = blend_heatmap_torch(pixels, self.maps[index], alpha).cpu().numpy()
+            with self._device_work():
+                pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.maps.device)
+                blend = blend_heatmap_torch(pixels, self.maps[index], alpha).cpu().numpy()
         else:
             blend = blend_heatmap(rgb, self.heatmap(index), alpha)
-        first = self.predictions[index]
-        return draw_peaks(blend, first.peaks, first.prompt)
+        return draw_peaks(blend, self.peaks[index], self.prompts[index])
+
+
+_streams = threading.local()
+
+
+def _publishing_stream(device: torch.device) -> torch.cuda.Stream:
+    """This thread's CUDA stream for publishing work on ``device``."""
+    if not hasattr(_streams, "by_device"):
+        _streams.by_device = {}
+    if device not in _streams.by_device:
+        _streams.by_device[device] = torch.cuda.Stream(device)
+    return _streams.by_device[device]
 
 
 @dataclass
@@ -111,9 +150,11 @@ def _to_size(maps: torch.Tensor, peaks: Sequence[list[Peak]], height: int, width
              ) -> tuple[torch.Tensor, list[list[Peak]]]:
     """Maps and peaks of a downscaled frame at the frame's resolution (bilinear; on the CPU by OpenCV)."""
     small_h, small_w = maps.shape[1:]
-    if maps.device.type == "cpu":
-        resized = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps.numpy()]
-        maps = torch.from_numpy(np.clip(np.stack(resized), 0.0, 1.0)) if resized else maps.new_zeros(0, height, width)
+    if maps.device.type == "cpu":  # into one array: an 8K frame's maps are 133 MB each
+        resized = np.empty((maps.shape[0], height, width), np.float32)
+        for source, target in zip(maps.numpy(), resized):
+            cv2.resize(source, (width, height), dst=target, interpolation=cv2.INTER_LINEAR)
+        maps = torch.from_numpy(np.clip(resized, 0.0, 1.0, out=resized))
     else:
         maps = resize_maps(maps, height, width)
     sx, sy = width / small_w, height / small_h
