@@ -45,7 +45,7 @@ CHECK_PHOTOS = ("coffee", "chelsea")
 # RN101, random weights, 2 cores (docs/performance.md): with the shortcuts quantised the gate refused
 # seed 0 (0.9897; 0.9987 without); quantising the stem's conv2-3 made int8 slower (308 vs 232 ms).
 INT8_EXCLUDE = (r"^/fpn/", r"^/layer4/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
-CACHE_FORMAT = 2  # bump when the export or quantisation recipe changes
+CACHE_FORMAT = 3  # bump when the export or quantisation recipe changes
 
 
 class ImagePath(nn.Module):
