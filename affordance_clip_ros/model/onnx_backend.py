@@ -44,8 +44,9 @@ CHECK_PHOTOS = ("coffee", "chelsea")
 # Convolutions left in fp32 by int8 (regular expressions on node names): the FPN, the stem's conv1-3
 # and the shortcut ("downsample") convs, through which random weights (every residual branch zero)
 # send the whole signal; the residual branches of layer1-4 are quantised. Measured on RN101, 2 cores
-# (docs/performance.md): quantising the FPN lowered the benchmark's heatmap correlation to 0.988;
-# quantising the shortcuts made the gate refuse RN-tiny (0.956-0.980) and RN101 at seed 0 with layer4's.
+# (docs/performance.md): quantising the FPN lowered the benchmark's heatmap correlation from 0.998 to
+# 0.988; quantising the shortcuts made the gate refuse RN-tiny at seeds 0-2 (0.956-0.980) and, with
+# layer4's, RN101 at seed 0 (0.967).
 INT8_EXCLUDE = (r"^/fpn/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
 # Activation ranges: ONNX Runtime's percentile calibration (symmetric, this percentile of |x|);
 # better than min-max here (benchmark heatmap correlation 0.9961 against 0.9955).
@@ -257,11 +258,11 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
 
     precision "fp32"; "int8" or "auto": int8 when its heatmaps correlate >= INT8_MIN_CORRELATION
     with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps embeddings to the
-    maps the user gets; default: logits for 8 random text directions). int8 is about 1.9-2x the
-    speed of fp32 on a 2-core VNNI CPU; building it takes 30-50 s for RN101 there (then cached).
-    The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the
-    weights, so a new checkpoint never reuses a stale engine; ``cacheable`` False (random weights)
-    skips it.
+    maps the user gets; default: logits for 8 random text directions). int8 was 1.4-1.7x the
+    speed of fp32 on a shared 2-core VNNI CPU; building it takes 24-31 s for RN101 there (then
+    cached). The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash
+    of the weights and of the int8 scheme, so a new checkpoint never reuses a stale engine;
+    ``cacheable`` False (random weights) skips it.
     """
     want_int8 = precision in ("auto", "int8")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
