@@ -127,21 +127,23 @@ def test_engine_cache_is_keyed_by_the_weights(torch_grounder, tmp_path):
     assert not (tmp_path / "none").exists(), "random weights (cacheable False) are never cached"
 
 
-def test_int8_exclusions_keep_the_stem_shortcuts_layer4_and_fpn_in_fp32():
+def test_int8_exclusions_keep_the_stem_shortcuts_and_fpn_in_fp32():
     from onnx import helper
 
     names = ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/conv1/Conv",
              "/layer2/layer2.0/downsample/downsample.0/Conv", "/layer3/layer3.5/conv3/Conv",
-             "/layer4/layer4.0/conv2/Conv", "/fpn/project/0/Conv"]
+             "/layer4/layer4.0/conv2/Conv", "/layer4/layer4.0/downsample/downsample.0/Conv", "/fpn/project/0/Conv"]
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name=n) for n in names]
-    nodes.append(helper.make_node("Relu", ["y"], ["z"], name="/layer4/layer4.0/Relu"))
+    nodes.append(helper.make_node("Relu", ["y"], ["z"], name="/conv1/Relu"))
     assert onnx_backend.excluded_convs(nodes) == [
         "/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer2/layer2.0/downsample/downsample.0/Conv",
-        "/layer4/layer4.0/conv2/Conv", "/fpn/project/0/Conv"]
+        "/layer4/layer4.0/downsample/downsample.0/Conv", "/fpn/project/0/Conv"]
     assert onnx_backend.excluded_convs(nodes, exclude=()) == []
 
 
-def test_int8_quantises_the_residual_branches_of_layers_1_to_3_only(tiny_clip):
+def test_int8_quantises_the_trunk_but_not_its_residual_stream(tiny_clip):
+    """The residual branches' convs of layer1-4 are quantised; the residual additions and the fp32
+    convs read unrounded tensors (only a quantised conv's own output is rounded)."""
     import io
 
     import onnx
@@ -152,16 +154,36 @@ def test_int8_quantises_the_residual_branches_of_layers_1_to_3_only(tiny_clip):
     buffer = io.BytesIO()
     onnx_backend.export_onnx(ImagePath(tiny_clip, fpn), buffer, input_size=96)
     model = onnx.load_from_string(onnx_backend.quantize_int8(buffer.getvalue(), [torch.randn(1, 3, 96, 96)]))
-    produced_by = {out: node.op_type for node in model.graph.node for out in node.output}
+    producer = {out: node for node in model.graph.node for out in node.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    quantised = {n.name for n in convs if produced_by.get(n.input[1]) == "DequantizeLinear"}
-    assert {"/layer1/layer1.0/conv1/Conv", "/layer2/layer2.0/conv2/Conv", "/layer3/layer3.0/conv3/Conv"} <= quantised
-    assert all(name.startswith(("/layer1/", "/layer2/", "/layer3/")) and "/downsample/" not in name
+    quantised = {n.name for n in convs if getattr(producer.get(n.input[1]), "op_type", "") == "DequantizeLinear"}
+    assert {"/layer1/layer1.0/conv1/Conv", "/layer2/layer2.0/conv2/Conv", "/layer3/layer3.0/conv3/Conv",
+            "/layer4/layer4.0/conv2/Conv"} <= quantised
+    assert all(name.startswith(("/layer1/", "/layer2/", "/layer3/", "/layer4/")) and "/downsample/" not in name
                for name in quantised)
     kept = {n.name for n in convs} - quantised
     assert kept == set(onnx_backend.excluded_convs(convs))
-    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/downsample/downsample.0/Conv"} <= kept
-    assert any(name.startswith("/fpn/") for name in kept) and any(name.startswith("/layer4/") for name in kept)
+    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/downsample/downsample.0/Conv",
+            "/layer4/layer4.0/downsample/downsample.0/Conv"} <= kept
+    assert any(name.startswith("/fpn/") for name in kept)
+
+    def rounded_from(name: str) -> str | None:
+        """The op whose output was quantised and dequantised into ``name`` (None: not a rounded copy)."""
+        dequantise = producer.get(name)
+        if getattr(dequantise, "op_type", "") != "DequantizeLinear" or dequantise.input[0] not in producer:
+            return None  # not a rounded copy, or a constant's (weight, bias)
+        return producer[producer[dequantise.input[0]].input[0]].op_type
+    adds = [n for n in model.graph.node if n.op_type == "Add" and "/layer" in n.name]
+    assert adds and all(rounded_from(name) in (None, "Conv") for add in adds for name in add.input)
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for node in model.graph.node:  # a rounded block output feeds only integer ops (a pooling then rounded again)
+        if any(rounded_from(name) == "Relu" for name in node.input):
+            assert node.name in quantised or all(r.op_type == "QuantizeLinear" for r in readers[node.output[0]]), \
+                node.name
+    assert all(rounded_from(n.input[0]) is None for n in convs if n.name in kept)
 
 
 def test_calibration_uses_natural_photos_other_than_the_check_photos():

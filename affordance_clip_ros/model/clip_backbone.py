@@ -120,26 +120,36 @@ class FrozenCLIP(nn.Module):
     def _resize_positional_embedding(self, height, width) -> torch.Tensor:
         pos = self.model.visual.attnpool.positional_embedding
         side = math.isqrt(int(pos.shape[0]) - 1)
-        grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = pos[1:]  # (side * side, C), row-major over the side x side grid
         if torch.jit.is_tracing() or (side, side) != (height, width):
-            grid = F.interpolate(grid.float(), size=(height, width), mode="bicubic", align_corners=False).to(pos.dtype)
-        return torch.cat([pos[:1], grid.flatten(2).squeeze(0).T], dim=0)
+            # bicubic resizing is separable: two small matrix products, the same values as resizing the
+            # C planes at once, which ONNX Runtime's Resize took 35 ms for (RN101, 2048 planes, 7 -> 13)
+            channels = grid.shape[1]
+            grid = (bicubic_matrix(side, height, grid.device) @ grid.float().reshape(side, side * channels))
+            grid = (bicubic_matrix(side, width, grid.device) @ grid.reshape(height, side, channels))
+            grid = grid.reshape(-1, channels).to(pos.dtype)
+        return torch.cat([pos[:1], grid], dim=0)
 
     def attention_pool(self, f3: torch.Tensor) -> torch.Tensor:
-        """CLIP's attention pooling of layer4 (B, C3, h, w) -> global embedding (B, C), any grid size."""
+        """CLIP's attention pooling of layer4 (B, C3, h, w) -> global embedding (B, C), any grid size.
+
+        Only the mean token queries, so the key and value projections are moved to that one query:
+        a key's bias adds the same to all of a head's logits (softmax ignores it), and the attention
+        weights sum to 1 (the value projection of the weighted mean of tokens is the weighted mean of
+        their projections). Same result as ``nn.MultiheadAttention``, without projecting every token.
+        """
         pool = self.model.visual.attnpool
         b, c, h, w = f3.shape
-        x = f3.flatten(2).permute(2, 0, 1)  # (hw, B, C3)
-        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
-        x = x + self._positional_embedding(h, w)[:, None, :].to(x.dtype)
-        out, _ = F.multi_head_attention_forward(
-            query=x[:1], key=x, value=x, embed_dim_to_check=c, num_heads=pool.num_heads,
-            q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
-            in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=pool.c_proj.weight, out_proj_bias=pool.c_proj.bias,
-            use_separate_proj_weight=True, training=False, need_weights=False)
-        return out[0]
+        heads = pool.num_heads
+        x = f3.flatten(2).transpose(1, 2)  # (B, hw, C3)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        x = (x + self._positional_embedding(h, w).to(x.dtype))[:, None]  # (B, 1, 1 + hw, C3)
+        query = F.linear(x[:, 0, 0], pool.q_proj.weight, pool.q_proj.bias) * (c // heads) ** -0.5
+        keys = query.reshape(b, heads, 1, -1) @ pool.k_proj.weight.reshape(heads, -1, c)  # (B, heads, 1, C3)
+        weights = torch.softmax(keys @ x.transpose(-1, -2), dim=-1)  # (B, heads, 1, 1 + hw)
+        values = (weights @ x) @ pool.v_proj.weight.reshape(heads, -1, c).transpose(-1, -2)  # (B, heads, 1, C3 / heads)
+        values = values.reshape(b, c) + pool.v_proj.bias
+        return F.linear(values, pool.c_proj.weight, pool.c_proj.bias)
 
     def dense_embeddings(self, f3: torch.Tensor) -> torch.Tensor:
         """Training-free dense features (MaskCLIP): the pool's value and output projections at
@@ -185,6 +195,13 @@ def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> None:
     if isinstance(bn, nn.BatchNorm2d):
         setattr(owner, conv_name, fuse_conv_bn_eval(conv, bn))
         setattr(owner, bn_name, nn.Identity())
+
+
+def bicubic_matrix(size_in: int, size_out, device: torch.device) -> torch.Tensor:
+    """(size_out, size_in) matrix of 1-D bicubic resizing as ``F.interpolate`` does it
+    (align_corners False); ``size_out`` may be a traced size."""
+    identity = torch.eye(size_in, device=device)[None, :, :, None]  # one plane per input position
+    return F.interpolate(identity, size=(size_out, 1), mode="bicubic", align_corners=False)[0, :, :, 0].T
 
 
 def fold_batchnorm(visual: nn.Module) -> None:

@@ -119,7 +119,7 @@ def autocast_dtype(precision: str, device: torch.device, compile: str = "off") -
 
 def resolve_backend(backend: str, precision: str, device: torch.device, compile: str = "off") -> str:
     """"auto" -> the fastest measured image path on the device (``affordance-clip benchmark``):
-    ONNX Runtime on CPU (int8 when faithful: 2.3-2.8x a naive fp32 torch forward; fp32: 1.5x),
+    ONNX Runtime on CPU (int8 when faithful: 1.7-2.4x a naive fp32 torch forward; fp32: 0.7-1.2x),
     torch on CUDA (cuDNN); torch wherever ``compile`` is asked for."""
     if backend == "auto":
         wants_ort = device.type == "cpu" and compile in ("auto", "off") and precision in ("auto", "fp32", "int8")

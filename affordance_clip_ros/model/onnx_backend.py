@@ -12,6 +12,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -40,12 +41,17 @@ INT8_MIN_CORRELATION = 0.99  # int8 is used only when its heatmaps correlate thi
 # Photos shipped with scikit-image: int8 calibration, and the fidelity check int8 must pass.
 CALIBRATION_PHOTOS = ("stereo_motorcycle", "immunohistochemistry", "astronaut")
 CHECK_PHOTOS = ("coffee", "chelsea")
-# Convolutions left in fp32 by int8 (regular expressions on node names): the FPN, layer4, the stem's
-# conv1-3 and the shortcut ("downsample") convs, which carry the whole residual stream. Measured on
-# RN101, random weights, 2 cores (docs/performance.md): with the shortcuts quantised the gate refused
-# seed 0 (0.9897; 0.9987 without); quantising the stem's conv2-3 made int8 slower (308 vs 232 ms).
-INT8_EXCLUDE = (r"^/fpn/", r"^/layer4/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
-CACHE_FORMAT = 2  # bump when the export or quantisation recipe changes
+# Convolutions left in fp32 by int8 (regular expressions on node names): the FPN, the stem's conv1-3
+# and the shortcut ("downsample") convs, through which random weights (every residual branch zero)
+# send the whole signal; the residual branches of layer1-4 are quantised. Measured on RN101, 2 cores
+# (docs/performance.md): quantising the FPN lowered the benchmark's heatmap correlation from 0.998 to
+# 0.988; quantising the shortcuts made the gate refuse RN-tiny at seeds 0-2 (0.956-0.980) and, with
+# layer4's, RN101 at seed 0 (0.967).
+INT8_EXCLUDE = (r"^/fpn/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
+# Activation ranges: ONNX Runtime's percentile calibration (symmetric, this percentile of |x|);
+# better than min-max here (benchmark heatmap correlation 0.9961 against 0.9955).
+CALIBRATION_PERCENTILE = 99.999
+CACHE_FORMAT = 4  # bump when the export or quantisation recipe changes
 
 
 class ImagePath(nn.Module):
@@ -140,11 +146,13 @@ def excluded_convs(nodes: Iterable, exclude: Sequence[str] = INT8_EXCLUDE) -> li
 def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor],
                   exclude: Sequence[str] = INT8_EXCLUDE) -> bytes:
     """Static int8 quantisation of the CLIP trunk's convolutions (QDQ, per-channel int8 weights,
-    uint8 activations, min-max calibration on ``calibration`` inputs); convolutions that one of the
-    ``exclude`` patterns matches stay fp32. Runs on VNNI as u8s8 integer convolutions."""
+    uint8 activations, percentile calibration on ``calibration`` inputs); convolutions that one of the
+    ``exclude`` patterns matches stay fp32, and so does the residual stream (see
+    :func:`feed_fp32_to_fp32_nodes`). Runs on VNNI as u8s8 integer convolutions."""
     import onnx
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -159,10 +167,54 @@ def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor],
         raw.write_bytes(fp32_model)
         quant_pre_process(str(raw), str(prepared), skip_symbolic_shape=True)
         kept = excluded_convs(onnx.load(str(prepared)).graph.node, exclude)
-        quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=kept)
-        return quantised.read_bytes()
+        with contextlib.redirect_stdout(io.StringIO()):  # the percentile calibrator prints its progress
+            quantize_static(str(prepared), str(quantised), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv"], nodes_to_exclude=kept,
+                            calibrate_method=CalibrationMethod.Percentile,
+                            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE})
+        model = onnx.load(str(quantised))
+    feed_fp32_to_fp32_nodes(model.graph, set(kept))
+    return model.SerializeToString()
+
+
+def feed_fp32_to_fp32_nodes(graph, fp32_convs: set[str]) -> int:
+    """Rewire, in place, the nodes that run in fp32 to read a tensor itself rather than its
+    quantised-dequantised copy, which ONNX Runtime's quantiser shares among all readers; returns
+    how many inputs changed. So a block's output reaches the next residual addition and the fp32
+    shortcut convolutions unrounded: only the quantised branches' outputs are rounded, instead of
+    the whole residual stream once per block. Kept: the quantised convolutions' inputs, a quantised
+    convolution's rounded output (ONNX Runtime then fuses it into an integer convolution), and the
+    Relu / pooling between two quantisations (fused too)."""
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def integer(node) -> bool:
+        if node.op_type == "Conv":
+            return node.name not in fp32_convs
+        if node.op_type in ("Relu", "AveragePool", "MaxPool"):
+            return all(r.op_type == "QuantizeLinear" for out in node.output for r in readers.get(out, []))
+        return node.op_type in ("QuantizeLinear", "DequantizeLinear")
+
+    changed = 0
+    for node in graph.node:
+        if integer(node):
+            continue
+        for index, name in enumerate(node.input):
+            dequantise = producer.get(name)
+            quantise = producer.get(dequantise.input[0]) if dequantise and dequantise.op_type == "DequantizeLinear" \
+                else None
+            if quantise is None or quantise.op_type != "QuantizeLinear":
+                continue
+            source = producer.get(quantise.input[0])
+            if source is not None and source.op_type == "Conv" and integer(source):
+                continue
+            node.input[index] = quantise.input[0]
+            changed += 1
+    return changed
 
 
 def heatmap_correlation(reference: Callable, candidate: Callable, inputs: Sequence[torch.Tensor],
@@ -206,15 +258,16 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
 
     precision "fp32"; "int8" or "auto": int8 when its heatmaps correlate >= INT8_MIN_CORRELATION
     with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps embeddings to the
-    maps the user gets; default: logits for 8 random text directions). int8 is about 1.9-2x the
-    speed of fp32 on a 2-core VNNI CPU; building it takes 30-50 s for RN101 there (then cached).
-    The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the
-    weights, so a new checkpoint never reuses a stale engine; ``cacheable`` False (random weights)
-    skips it.
+    maps the user gets; default: logits for 8 random text directions). int8 was 1.4-1.7x the
+    speed of fp32 on a shared 2-core VNNI CPU; building it takes 24-31 s for RN101 there (then
+    cached). The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash
+    of the weights and of the int8 scheme, so a new checkpoint never reuses a stale engine;
+    ``cacheable`` False (random weights) skips it.
     """
     want_int8 = precision in ("auto", "int8")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = model_fingerprint(module.fingerprint_modules(), input_size, INT8_EXCLUDE, INT8_MIN_CORRELATION,
+    key = model_fingerprint(module.fingerprint_modules(), input_size, INT8_EXCLUDE, CALIBRATION_PERCENTILE,
+                            INT8_MIN_CORRELATION,
                             CALIBRATION_PHOTOS, CHECK_PHOTOS) if cacheable else None
     if key:
         if want_int8 and (cache / f"{key}.int8-refused").is_file():
