@@ -208,9 +208,12 @@ def test_int8_passes_its_gate_on_tiny_random_weights_at_several_seeds():
 
 def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
     path = ImagePath(torch_grounder.clip, torch_grounder.fpn)
+    caplog.set_level(logging.INFO, logger=onnx_backend.__name__)
     with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", -1.0):
         kept = build_ort_image_path(path, 96, "int8", None, cacheable=False)
     assert kept.precision == "int8" and kept(torch.randn(1, 3, 96, 96)).shape == (1, 64, 3, 3)
+    assert "random weights: at every start, not cached" in caplog.text  # never claims a cache it skips
+    caplog.clear()
     caplog.set_level(logging.WARNING)
     with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", 1.01):
         refused = build_ort_image_path(path, 96, "int8", None, cacheable=False)

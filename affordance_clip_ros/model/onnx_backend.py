@@ -285,7 +285,8 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
         if key:
             _write_atomically(cache / f"{key}.fp32.onnx", fp32)
         return fp32_path
-    log.info("Quantising the image path to int8 (once per set of weights; cached)...")
+    log.info("Quantising the image path to int8 (%s)...",
+             "once per set of weights; cached" if key else "random weights: at every start, not cached")
     int8 = quantize_int8(fp32, photo_pixels(CALIBRATION_PHOTOS, input_size))
     int8_path = OrtImagePath(int8, threads, "int8")
     if heatmaps is None:
