@@ -29,7 +29,8 @@ import support
 from affordance_clip_ros.model import find_peaks
 from affordance_clip_ros.ros.conversions import image_to_numpy, numpy_to_image
 from affordance_clip_ros.ros.frames import stamp_ns
-from affordance_clip_ros.ros.messages import approach_quaternion, contact_poses, result_heatmap
+from affordance_clip_ros.ros.messages import approach_quaternion, contact_poses, heatmap_image
+from affordance_clip_ros.ros.result_messages import reduce_heatmap
 
 if not support.installed_executable().is_file():
     pytest.fail("grounding_node is not installed: run `make build`", pytrace=False)
@@ -292,6 +293,12 @@ def test_poses_without_normal_approach_along_the_viewing_ray():
 
 
 # --- lighter results ---------------------------------------------------------------------------
+
+def result_heatmap(heatmap, header, **kw):
+    """A map as ~/result carries it: (Image, scale)."""
+    array, scale = reduce_heatmap(heatmap, **kw)
+    return heatmap_image(array, header), scale
+
 
 def test_result_heatmap_scale_and_mono8():
     heatmap = np.linspace(0, 1, 480 * 640, dtype=np.float32).reshape(480, 640)

@@ -36,12 +36,11 @@ RCLPY_TYPES = result_messages.MessageTypes(image=numpy_to_image, Point=Point, Ve
                                            PointStamped=PointStamped, ContactPoint=ContactPoint,
                                            AffordanceMap=AffordanceMap, AffordanceResult=AffordanceResult)
 heatmap_image = functools.partial(result_messages.heatmap_image, RCLPY_TYPES)
-result_heatmap = functools.partial(result_messages.result_heatmap, RCLPY_TYPES)
 contact_points = functools.partial(result_messages.contact_points, RCLPY_TYPES)
 result_message = functools.partial(result_messages.result_message, RCLPY_TYPES)
 point_stamped = functools.partial(result_messages.point_stamped, RCLPY_TYPES)
 __all__ = ["approach_quaternion", "best_point", "contact_points", "contact_poses", "diagnostic_status",
-           "diagnostics_message", "heatmap_image", "marker_array", "point_stamped", "result_heatmap", "result_message"]
+           "diagnostics_message", "heatmap_image", "marker_array", "point_stamped", "result_message"]
 
 
 def approach_quaternion(approach: Point3) -> Quaternion:

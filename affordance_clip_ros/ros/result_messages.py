@@ -65,13 +65,6 @@ def reduce_heatmap(heatmap: np.ndarray, max_side: int = 0, encoding: str = "32FC
     return heatmap, scale
 
 
-def result_heatmap(types: MessageTypes, heatmap: np.ndarray, header, max_side: int = 0,
-                   encoding: str = "32FC1") -> tuple[Any, float]:
-    """A map for ~/result as an Image: (Image, scale), see :func:`reduce_heatmap`."""
-    array, scale = reduce_heatmap(heatmap, max_side, encoding)
-    return heatmap_image(types, array, header), scale
-
-
 def contact_points(types: MessageTypes, prediction: AffordancePrediction, points: Sequence[Point3 | None] | None,
                    normals: Sequence[Point3 | None] | None = None) -> list:
     """The prediction's peaks (best first) with their 3D point and surface normal where known."""
