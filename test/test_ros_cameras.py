@@ -81,7 +81,7 @@ def test_each_camera_gets_its_own_results_and_the_prompts_are_shared(cameras, im
 
 
 def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_batch(cameras, images):
-    """head at 100 Hz floods the node; wrist at 5 Hz still gets its frames answered (a single
+    """head at 200 Hz floods the node; wrist at 5 Hz still gets its frames answered (a single
     newest-frame slot would hand nearly every turn to head). Results of one batch carry the same
     inference_ms, which sequential inferences never would."""
     _, clients = cameras
@@ -91,13 +91,15 @@ def test_a_fast_camera_does_not_starve_a_slow_one_and_waiting_frames_share_a_bat
     for client in clients.values():
         client.clear()
     small = {name: cv2.resize(rgb, (320, 240)) for name, rgb in images.items()}  # shorter batches
-    with CameraPlayer(head, small["head"], 100.0, "head") as fast, \
+    with CameraPlayer(head, small["head"], 200.0, "head") as fast, \
             CameraPlayer(wrist, small["wrist"], 5.0, "wrist") as slow:
         time.sleep(6.0)
     time.sleep(1.0)  # the last frames' results
     wrist_done, head_done = slow.answered(), fast.answered()
     pairs = {r.inference_ms for _, r in head_done} & {r.inference_ms for _, r in wrist_done}
-    assert len(fast.sent) > 2 * len(head_done), f"head sent {len(fast.sent)}, answered {len(head_done)}: not flooded"
+    # the node is saturated: it answers far fewer head frames than it gets (RN-tiny answers 30-60/s
+    # on the 2-core CPUs this runs on)
+    assert len(fast.sent) > 1.5 * len(head_done), f"head sent {len(fast.sent)}, answered {len(head_done)}: not flooded"
     # head is in every batch, and so is wrist whenever a frame of it waits: it is answered about as
     # often as it sends or as batches run, whichever is less (with jitter when they are close, as
     # on a loaded machine); a newest-frame-of-all slot answered 4 or 5 of 31 wrist frames here
