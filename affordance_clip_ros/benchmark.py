@@ -316,9 +316,11 @@ def fast_paths(clip_model: str, device: str, repeats: int, warmup: int, backend:
         results[f"{name}_corr"] = fidelity(grounder, naive, autocast_image_path(variant))
         results[f"{name}_build_s"] = build_s[name]
     results["int8_gate_corr"] = grounder.int8_gate_correlation  # the default path's gate (None: not int8 tried)
+    results["int8_scheme"] = grounder.int8_scheme
     if "ort_int8" in variants:
         results["ort_int8_kept"] = variants["ort_int8"].image_path_precision == "int8"  # False: refused by its gate
         results["ort_int8_gate_corr"] = variants["ort_int8"].int8_gate_correlation
+        results["ort_int8_scheme"] = variants["ort_int8"].int8_scheme
     return results, grounder
 
 

@@ -6,7 +6,7 @@ Not part of CI; needs no ROS. After ``make build``::
 
 For each seed, ``GrounderConfig(clip_pretrained="none", random_seed=N, precision="int8")`` is built
 as the node builds it (training-free head, ONNX Runtime on the CPU): export, quantisation and the
-gate run once. Written per seed: whether int8 was kept, the gate's heatmap correlation with fp32
+gate run once. Written per seed: whether int8 was kept and with which scheme, the gate's heatmap correlation with fp32
 (it needs >= INT8_MIN_CORRELATION) and the build time; with the machine and the load average.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def gate(clip_model: str, seed: int, input_size: int) -> dict:
     grounder = AffordanceGrounder.from_config(GrounderConfig(
         clip_model=clip_model, clip_pretrained="none", random_seed=seed, device="cpu", backend="onnxruntime",
         precision="int8", input_size=input_size))
-    return {"seed": seed, "int8_kept": grounder.image_path_precision == "int8",
+    return {"seed": seed, "int8_kept": grounder.image_path_precision == "int8", "int8_scheme": grounder.int8_scheme,
             "gate_corr": grounder.int8_gate_correlation,
             "build_s": time.perf_counter() - start, "load_avg_1min": os.getloadavg()[0]}
 

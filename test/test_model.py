@@ -42,6 +42,32 @@ def test_rn101_feature_shapes_and_fpn_parameter_count():
         assert fpn.eval()(feats).shape == (1, 512, 52, 52)
 
 
+def test_the_trunk_computes_open_clip_s_function_with_batchnorm_folded_and_unit_pools_dropped():
+    """FrozenCLIP rewrites the trunk for speed (BatchNorm folded into the convs, 1x1 average pools
+    removed); the same weights give open_clip's own encoder output."""
+    import copy
+
+    torch.manual_seed(0)
+    raw = open_clip.create_model("RN-tiny", force_quick_gelu=True).eval()
+    with torch.no_grad():
+        for name, tensor in raw.visual.named_buffers():
+            if name.endswith("running_mean"):
+                tensor.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5)
+        for name, tensor in raw.visual.named_parameters():
+            if "bn" in name or "downsample.1" in name:
+                tensor.uniform_(0.5, 1.5) if name.endswith("weight") else tensor.normal_(0, 0.1)
+    clip = FrozenCLIP(copy.deepcopy(raw), open_clip.get_tokenizer("RN-tiny"), "RN-tiny")
+    modules = list(clip.model.visual.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
+    assert not any(isinstance(m, torch.nn.AvgPool2d) and m.kernel_size in (1, (1, 1)) for m in modules)
+    assert any(isinstance(m, torch.nn.AvgPool2d) for m in modules)  # the striding pools stay
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(clip.model.encode_image(pixels), raw.encode_image(pixels), rtol=1e-4, atol=1e-5)
+
+
 def test_attention_pool_matches_open_clip_at_native_resolution(tiny_clip):
     pixels = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():

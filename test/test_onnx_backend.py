@@ -127,7 +127,7 @@ def test_engine_cache_is_keyed_by_the_weights(torch_grounder, tmp_path):
     assert not (tmp_path / "none").exists(), "random weights (cacheable False) are never cached"
 
 
-def test_int8_exclusions_keep_the_stem_shortcuts_and_fpn_in_fp32():
+def test_int8_schemes_keep_the_stem_and_fpn_in_fp32_and_quantise_shortcuts_first():
     from onnx import helper
 
     names = ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/conv1/Conv",
@@ -135,15 +135,21 @@ def test_int8_exclusions_keep_the_stem_shortcuts_and_fpn_in_fp32():
              "/layer4/layer4.0/conv2/Conv", "/layer4/layer4.0/downsample/downsample.0/Conv", "/fpn/project/0/Conv"]
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name=n) for n in names]
     nodes.append(helper.make_node("Relu", ["y"], ["z"], name="/conv1/Relu"))
-    assert onnx_backend.excluded_convs(nodes) == [
+    shortcuts, branches = onnx_backend.INT8_SCHEMES  # tried in this order
+    assert onnx_backend.excluded_convs(nodes, shortcuts.exclude) == [
+        "/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer4/layer4.0/downsample/downsample.0/Conv",
+        "/fpn/project/0/Conv"]
+    assert onnx_backend.excluded_convs(nodes, branches.exclude) == [
         "/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer2/layer2.0/downsample/downsample.0/Conv",
         "/layer4/layer4.0/downsample/downsample.0/Conv", "/fpn/project/0/Conv"]
     assert onnx_backend.excluded_convs(nodes, exclude=()) == []
 
 
-def test_int8_quantises_the_trunk_but_not_its_residual_stream(tiny_clip):
-    """The residual branches' convs of layer1-4 are quantised; the residual additions and the fp32
-    convs read unrounded tensors (only a quantised conv's own output is rounded)."""
+@pytest.mark.parametrize("scheme", onnx_backend.INT8_SCHEMES, ids=lambda s: s.name)
+def test_int8_quantises_the_trunk_but_not_its_residual_stream(tiny_clip, scheme):
+    """The residual branches' convs of layer1-4 are quantised (and, by the first scheme, the
+    shortcuts of layer1-3); the residual additions and the fp32 convs read unrounded tensors (only
+    a quantised conv's own output is rounded)."""
     import io
 
     import onnx
@@ -153,18 +159,19 @@ def test_int8_quantises_the_trunk_but_not_its_residual_stream(tiny_clip):
     fpn = AffordanceFPN(FPNConfig(tiny_clip.feature_channels, tiny_clip.embed_dim, width=16)).eval()
     buffer = io.BytesIO()
     onnx_backend.export_onnx(ImagePath(tiny_clip, fpn), buffer, input_size=96)
-    model = onnx.load_from_string(onnx_backend.quantize_int8(buffer.getvalue(), [torch.randn(1, 3, 96, 96)]))
+    model = onnx.load_from_string(onnx_backend.quantize_int8(buffer.getvalue(), [torch.randn(1, 3, 96, 96)],
+                                                             scheme.exclude))
     producer = {out: node for node in model.graph.node for out in node.output}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     quantised = {n.name for n in convs if getattr(producer.get(n.input[1]), "op_type", "") == "DequantizeLinear"}
     assert {"/layer1/layer1.0/conv1/Conv", "/layer2/layer2.0/conv2/Conv", "/layer3/layer3.0/conv3/Conv",
             "/layer4/layer4.0/conv2/Conv"} <= quantised
-    assert all(name.startswith(("/layer1/", "/layer2/", "/layer3/", "/layer4/")) and "/downsample/" not in name
-               for name in quantised)
+    assert all(name.startswith(("/layer1/", "/layer2/", "/layer3/", "/layer4/")) for name in quantised)
+    shortcuts = {n.name for n in convs if "/downsample/" in n.name and not n.name.startswith("/layer4/")}
+    assert shortcuts and (shortcuts <= quantised if scheme.name == "int8-shortcuts" else not shortcuts & quantised)
     kept = {n.name for n in convs} - quantised
-    assert kept == set(onnx_backend.excluded_convs(convs))
-    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer1/layer1.0/downsample/downsample.0/Conv",
-            "/layer4/layer4.0/downsample/downsample.0/Conv"} <= kept
+    assert kept == set(onnx_backend.excluded_convs(convs, scheme.exclude))
+    assert {"/conv1/Conv", "/conv2/Conv", "/conv3/Conv", "/layer4/layer4.0/downsample/downsample.0/Conv"} <= kept
     assert any(name.startswith("/fpn/") for name in kept)
 
     def rounded_from(name: str) -> str | None:
@@ -198,12 +205,30 @@ def test_calibration_uses_natural_photos_other_than_the_check_photos():
 
 
 def test_int8_passes_its_gate_on_tiny_random_weights_at_several_seeds():
-    """The scheme itself, with the real threshold: no seed of RN-tiny falls back to fp32."""
+    """The schemes, with the real threshold: no seed of RN-tiny falls back to fp32. open_clip's
+    random weights zero every residual branch, so the whole signal runs through the shortcuts; the
+    gate refuses them in int8 (0.956-0.980) and the second scheme, shortcuts in fp32, is used."""
     for seed in range(3):
         grounder = AffordanceGrounder.from_config(GrounderConfig(**dict(
             TINY, backend="onnxruntime", precision="int8", random_seed=seed, input_size=96)))
-        assert grounder.image_path_precision == "int8", seed
+        assert (grounder.image_path_precision, grounder.int8_scheme) == ("int8", "int8-branches"), seed
         assert grounder.int8_gate_correlation >= onnx_backend.INT8_MIN_CORRELATION
+
+
+def test_the_int8_scheme_that_passed_is_cached_and_loaded_at_the_next_start(tmp_path):
+    """Random RN-tiny weights pass the gate with the second scheme only; a later start loads that
+    engine, under its scheme, without exporting or quantising again."""
+    grounder = AffordanceGrounder.from_config(GrounderConfig(**dict(TINY, random_seed=0)))
+    path = ImagePath(grounder.clip, grounder.fpn)
+    built = build_ort_image_path(path, 96, "int8", tmp_path, cacheable=True)
+    assert (built.precision, built.scheme) == ("int8", "int8-branches")
+    assert [p.name.split(".", 1)[1] for p in tmp_path.iterdir()] == ["int8-branches.onnx"]
+    with mock.patch.object(onnx_backend, "export_onnx", side_effect=AssertionError("re-exported")), \
+            mock.patch.object(onnx_backend, "quantize_int8", side_effect=AssertionError("re-quantised")):
+        again = build_ort_image_path(path, 96, "int8", tmp_path, cacheable=True)
+    assert (again.precision, again.scheme) == ("int8", "int8-branches")
+    pixels = torch.randn(1, 3, 96, 96)
+    torch.testing.assert_close(built(pixels), again(pixels))
 
 
 def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
@@ -211,11 +236,14 @@ def test_int8_is_kept_only_when_faithful(torch_grounder, caplog):
     caplog.set_level(logging.INFO, logger=onnx_backend.__name__)
     with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", -1.0):
         kept = build_ort_image_path(path, 96, "int8", None, cacheable=False)
-    assert kept.precision == "int8" and kept(torch.randn(1, 3, 96, 96)).shape == (1, 64, 3, 3)
+    assert (kept.precision, kept.scheme) == ("int8", onnx_backend.INT8_SCHEMES[0].name)
+    assert kept(torch.randn(1, 3, 96, 96)).shape == (1, 64, 3, 3)
     assert "random weights: at every start, not cached" in caplog.text  # never claims a cache it skips
     caplog.clear()
-    caplog.set_level(logging.WARNING)
     with mock.patch.object(onnx_backend, "INT8_MIN_CORRELATION", 1.01):
         refused = build_ort_image_path(path, 96, "int8", None, cacheable=False)
-    assert refused.precision == "fp32" and "using ONNX Runtime fp32 instead" in caplog.text
-    assert refused.gate_correlation == pytest.approx(kept.gate_correlation, abs=1e-6)  # reported either way
+    assert (refused.precision, refused.scheme) == ("fp32", None)
+    assert all(f"int8 scheme {scheme.name}: heatmaps correlate only" in caplog.text
+               for scheme in onnx_backend.INT8_SCHEMES)  # each scheme tried before giving up
+    assert "using ONNX Runtime fp32 instead" in caplog.text
+    assert refused.gate_correlation >= kept.gate_correlation - 1e-6  # the best refused scheme's figure

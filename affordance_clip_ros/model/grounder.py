@@ -278,6 +278,12 @@ class AffordanceGrounder(nn.Module):
         return resolve_image_path(self.config.compile, self.backend, self.device)
 
     @property
+    def int8_scheme(self) -> str | None:
+        """The name of the ONNX Runtime int8 scheme the image path runs (``onnx_backend.INT8_SCHEMES``;
+        None: not int8)."""
+        return getattr(self._embedder, "scheme", None)
+
+    @property
     def int8_gate_correlation(self) -> float | None:
         """The int8 fidelity gate's heatmap correlation with fp32, when this grounder's image path
         build measured it (None: torch backend, fp32 asked for, or the engine came from the cache)."""

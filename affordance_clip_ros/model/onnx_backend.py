@@ -20,6 +20,7 @@ import os
 import re
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -41,17 +42,33 @@ INT8_MIN_CORRELATION = 0.99  # int8 is used only when its heatmaps correlate thi
 # Photos shipped with scikit-image: int8 calibration, and the fidelity check int8 must pass.
 CALIBRATION_PHOTOS = ("stereo_motorcycle", "immunohistochemistry", "astronaut")
 CHECK_PHOTOS = ("coffee", "chelsea")
-# Convolutions left in fp32 by int8 (regular expressions on node names): the FPN, the stem's conv1-3
-# and the shortcut ("downsample") convs, through which random weights (every residual branch zero)
-# send the whole signal; the residual branches of layer1-4 are quantised. Measured on RN101, 2 cores
-# (docs/performance.md): quantising the FPN lowered the benchmark's heatmap correlation from 0.998 to
-# 0.988; quantising the shortcuts made the gate refuse RN-tiny at seeds 0-2 (0.956-0.980) and, with
-# layer4's, RN101 at seed 0 (0.967).
-INT8_EXCLUDE = (r"^/fpn/", r"^/conv", r"/downsample/")  # "^/conv": the stem (layers are "/layerN/...")
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """Which convolutions int8 leaves in fp32 (regular expressions on ONNX node names, ``re.search``);
+    every other conv of the CLIP trunk is quantised, and the residual stream always stays fp32.
+    ``name`` also names the cached engine file."""
+    name: str
+    exclude: tuple[str, ...]
+
+
+# Tried in order; the first whose heatmaps pass the fidelity gate is used. Always fp32: the FPN (int8
+# lowered the benchmark's heatmap correlation from 0.998 to 0.988) and the stem's conv1-3 ("^/conv";
+# the layers are "/layerN/..."). The shortcut ("downsample") convs carry the whole signal where a
+# residual branch is zero (open_clip's random weights zero them all): quantising those of layer1-3
+# is 1.3x faster on RN101 (no layout conversion between integer convs) but rounds that signal, so
+# the gate refuses it for some weights (RN-tiny at seeds 0-2, 0.956-0.980), and then the second
+# scheme, with every shortcut in fp32, is built. Layer4's shortcut in int8 made the gate refuse
+# RN101 at seed 0 (0.967). Measured on 2 cores, docs/performance.md.
+INT8_SCHEMES = (
+    Int8Scheme("int8-shortcuts", (r"^/fpn/", r"^/conv", r"^/layer4/.*/downsample/")),
+    Int8Scheme("int8-branches", (r"^/fpn/", r"^/conv", r"/downsample/")),
+)
 # Activation ranges: ONNX Runtime's percentile calibration (symmetric, this percentile of |x|);
 # better than min-max here (benchmark heatmap correlation 0.9961 against 0.9955).
 CALIBRATION_PERCENTILE = 99.999
-CACHE_FORMAT = 4  # bump when the export or quantisation recipe changes
+CACHE_FORMAT = 5  # bump when the export or quantisation recipe changes
 
 
 class ImagePath(nn.Module):
@@ -109,14 +126,16 @@ def session_options(threads: int | None = None):
 
 class OrtImagePath:
     """The image path as an ONNX Runtime CPU session: torch pixels in, torch embeddings out.
-    ``gate_correlation``: the int8 fidelity gate's figure when this build measured it, else None."""
+    ``scheme``: the name of its int8 scheme (None: fp32). ``gate_correlation``: the int8 fidelity
+    gate's figure when this build measured it (the best refused one for an fp32 fallback), else None."""
 
-    def __init__(self, model: bytes | str | Path, threads: int | None = None, precision: str = "fp32"):
+    def __init__(self, model: bytes | str | Path, threads: int | None = None, precision: str = "fp32",
+                 scheme: str | None = None):
         import onnxruntime as ort
 
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, session_options(threads), providers=["CPUExecutionProvider"])
-        self.precision = precision
+        self.precision, self.scheme = precision, scheme
         self.gate_correlation: float | None = None
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -138,13 +157,12 @@ def photo_pixels(names: Sequence[str], input_size: int) -> list[torch.Tensor]:
     return out
 
 
-def excluded_convs(nodes: Iterable, exclude: Sequence[str] = INT8_EXCLUDE) -> list[str]:
+def excluded_convs(nodes: Iterable, exclude: Sequence[str]) -> list[str]:
     """Names of the Conv nodes that one of the ``exclude`` patterns matches (``re.search``)."""
     return [n.name for n in nodes if n.op_type == "Conv" and any(re.search(p, n.name) for p in exclude)]
 
 
-def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor],
-                  exclude: Sequence[str] = INT8_EXCLUDE) -> bytes:
+def quantize_int8(fp32_model: bytes, calibration: Sequence[torch.Tensor], exclude: Sequence[str]) -> bytes:
     """Static int8 quantisation of the CLIP trunk's convolutions (QDQ, per-channel int8 weights,
     uint8 activations, percentile calibration on ``calibration`` inputs); convolutions that one of the
     ``exclude`` patterns matches stay fp32, and so does the residual stream (see
@@ -256,27 +274,28 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
                          threads: int | None = None) -> OrtImagePath:
     """An ONNX Runtime session for ``module``'s image path, from the cache when it holds one.
 
-    precision "fp32"; "int8" or "auto": int8 when its heatmaps correlate >= INT8_MIN_CORRELATION
-    with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps embeddings to the
-    maps the user gets; default: logits for 8 random text directions). int8 was 1.4-1.7x the
-    speed of fp32 on a shared 2-core VNNI CPU; building it takes 24-31 s for RN101 there (then
-    cached). The cache (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash
-    of the weights and of the int8 scheme, so a new checkpoint never reuses a stale engine;
-    ``cacheable`` False (random weights) skips it.
+    precision "fp32"; "int8" or "auto": the first of INT8_SCHEMES whose heatmaps correlate >=
+    INT8_MIN_CORRELATION with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps
+    embeddings to the maps the user gets; default: logits for 8 random text directions). Building
+    one scheme takes 20-30 s for RN101 on a shared 2-core CPU (then cached). The cache
+    (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the weights and
+    of the int8 schemes, so a new checkpoint never reuses a stale engine; ``cacheable`` False
+    (random weights) skips it.
     """
     want_int8 = precision in ("auto", "int8")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = model_fingerprint(module.fingerprint_modules(), input_size, INT8_EXCLUDE, CALIBRATION_PERCENTILE,
-                            INT8_MIN_CORRELATION,
-                            CALIBRATION_PHOTOS, CHECK_PHOTOS) if cacheable else None
+    key = model_fingerprint(module.fingerprint_modules(), input_size, INT8_SCHEMES, CALIBRATION_PERCENTILE,
+                            INT8_MIN_CORRELATION, CALIBRATION_PHOTOS, CHECK_PHOTOS) if cacheable else None
     if key:
         if want_int8 and (cache / f"{key}.int8-refused").is_file():
             want_int8 = False
             log.warning("int8 was refused for these weights before (fidelity): using ONNX Runtime fp32.")
-        kind = "int8" if want_int8 else "fp32"
-        if (cache / f"{key}.{kind}.onnx").is_file():
-            log.info("ONNX Runtime %s image path from the cache: %s", kind, cache / f"{key}.{kind}.onnx")
-            return OrtImagePath(cache / f"{key}.{kind}.onnx", threads, kind)
+        kinds = [("int8", scheme.name) for scheme in INT8_SCHEMES] if want_int8 else [("fp32", None)]
+        for kind, scheme in kinds:
+            path = cache / f"{key}.{scheme or kind}.onnx"
+            if path.is_file():
+                log.info("ONNX Runtime %s image path from the cache: %s", kind, path)
+                return OrtImagePath(path, threads, kind, scheme)
     buffer = io.BytesIO()
     export_onnx(module, buffer, input_size)
     fp32 = buffer.getvalue()
@@ -285,26 +304,34 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
         if key:
             _write_atomically(cache / f"{key}.fp32.onnx", fp32)
         return fp32_path
-    log.info("Quantising the image path to int8 (%s)...",
-             "once per set of weights; cached" if key else "random weights: at every start, not cached")
-    int8 = quantize_int8(fp32, photo_pixels(CALIBRATION_PHOTOS, input_size))
-    int8_path = OrtImagePath(int8, threads, "int8")
     if heatmaps is None:
         probes = torch.randn(8, module.embed_dim, generator=torch.Generator().manual_seed(0))
 
         def heatmaps(embeddings: torch.Tensor) -> torch.Tensor:
             return torch.einsum("bchw,nc->nhw", embeddings, probes)
-    with torch.inference_mode():
-        corr = heatmap_correlation(fp32_path, int8_path, photo_pixels(CHECK_PHOTOS, input_size), heatmaps)
-    fp32_path.gate_correlation = int8_path.gate_correlation = corr
-    if corr < INT8_MIN_CORRELATION:
-        log.warning("int8 heatmaps correlate only %.4f with fp32 (< %.2f): using ONNX Runtime fp32 instead.",
-                    corr, INT8_MIN_CORRELATION)
-        if key:
-            _write_atomically(cache / f"{key}.int8-refused", f"{corr}\n".encode())
-            _write_atomically(cache / f"{key}.fp32.onnx", fp32)
-        return fp32_path
-    log.info("int8 image path: heatmap correlation with fp32 %.4f on the check photos.", corr)
+    calibration, check = photo_pixels(CALIBRATION_PHOTOS, input_size), photo_pixels(CHECK_PHOTOS, input_size)
+    refused = []
+    for scheme in INT8_SCHEMES:
+        log.info("Quantising the image path to int8, scheme %s (%s)...", scheme.name,
+                 "once per set of weights; cached" if key else "random weights: at every start, not cached")
+        int8 = quantize_int8(fp32, calibration, scheme.exclude)
+        int8_path = OrtImagePath(int8, threads, "int8", scheme.name)
+        with torch.inference_mode():
+            corr = heatmap_correlation(fp32_path, int8_path, check, heatmaps)
+        if corr >= INT8_MIN_CORRELATION:
+            int8_path.gate_correlation = corr
+            log.info("int8 image path, scheme %s: heatmap correlation with fp32 %.4f on the check photos.",
+                     scheme.name, corr)
+            if key:
+                _write_atomically(cache / f"{key}.{scheme.name}.onnx", int8)
+            return int8_path
+        log.info("int8 scheme %s: heatmaps correlate only %.4f with fp32 (< %.2f).", scheme.name, corr,
+                 INT8_MIN_CORRELATION)
+        refused.append(corr)
+    fp32_path.gate_correlation = max(refused)
+    log.warning("int8 heatmaps correlate at best %.4f with fp32 (< %.2f): using ONNX Runtime fp32 instead.",
+                max(refused), INT8_MIN_CORRELATION)
     if key:
-        _write_atomically(cache / f"{key}.int8.onnx", int8)
-    return int8_path
+        _write_atomically(cache / f"{key}.int8-refused", f"{max(refused)}\n".encode())
+        _write_atomically(cache / f"{key}.fp32.onnx", fp32)
+    return fp32_path
