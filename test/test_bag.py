@@ -360,7 +360,9 @@ def test_a_killed_recording_is_processed_up_to_where_it_can_be_read_without_ros(
     assert f"frames: {len(results)} processed" in err
 
 
-def test_ctrl_c_leaves_a_complete_readable_bag_with_the_frames_done(tmp_path):
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_leaves_a_complete_readable_bag_with_the_frames_done(tmp_path, signum, status):
+    """Ctrl-C, or SIGTERM as launch, systemd or timeout send it."""
     rec = write_camera_bag(tmp_path / "recording", "sqlite3", "raw", "32FC1", frames=60)
     out = tmp_path / "out"
     proc = run_without_ros([str(rec.path), "--image-topic", IMAGE_TOPIC, "-p", "hold", "--out", str(out),
@@ -379,8 +381,8 @@ def test_ctrl_c_leaves_a_complete_readable_bag_with_the_frames_done(tmp_path):
     reader = threading.Thread(target=watch, daemon=True)
     reader.start()
     assert progressed.wait(240), "".join(err)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130, "".join(err)
+    proc.send_signal(signum)
+    assert proc.wait(120) == status, "".join(err)
     reader.join(10)
     text = "".join(err)
     assert "interrupted: the output bag holds the frames read so far, each with its result" in text

@@ -14,7 +14,8 @@ import signal
 import threading
 from pathlib import Path
 
-from ..cli_common import add_model_arguments, add_peak_arguments, grounder_from_args, peak_settings
+from ..cli_common import (add_model_arguments, add_parameter_arguments, add_peak_arguments, grounder_from_args,
+                          peak_settings)
 from ..ros.queries import SEPARATOR, parse_prompts
 from .convert import STORAGES, BagConverter, OutputBag, Settings, Summary
 from .reader import BagError, BagReader, TopicInfo
@@ -45,27 +46,35 @@ def check_topics(available: dict[str, TopicInfo], settings: Settings) -> dict[st
     return topics
 
 
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}  # SIGTERM: launch, systemd, timeout
+
+
 @contextlib.contextmanager
-def stop_on_ctrl_c():
-    """An event Ctrl-C sets: the run stops reading, finishes the frames it has read and closes the
-    output bag. A second Ctrl-C raises KeyboardInterrupt as usual."""
+def stop_on_signals():
+    """An event that Ctrl-C or SIGTERM sets (``stop.signum`` says which): the run stops reading,
+    finishes the frames it has read and closes the output bag. A second signal raises
+    KeyboardInterrupt, which still closes the output bag."""
     stop = threading.Event()
+    stop.signum = None
 
     def request_stop(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
+        stop.signum = signum
         stop.set()
-        log.warning("Ctrl-C: finishing the frames already read, then closing the output bag (again to stop at once)")
+        log.warning("%s: finishing the frames already read, then closing the output bag (again to stop at once)",
+                    STOP_SIGNALS[signum])
 
     try:
-        previous = signal.signal(signal.SIGINT, request_stop)
+        previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
     except ValueError:  # not the main thread: no handler, the run goes to the end
         yield stop
         return
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -88,8 +97,9 @@ def process_bag(bag: BagReader, topics: dict[str, TopicInfo], store, grounder, s
     output = OutputBag(out, storage, store, list(topics.values()), settings.use_depth)
     overlays = OverlayVideo(video) if video else None
     try:
-        with stop_on_ctrl_c() as stop:
+        with stop_on_signals() as stop:
             summary = BagConverter(grounder, store, settings, output, overlays, stop).run(bag, topics)
+            summary.stop_signal = stop.signum
     finally:
         output.close()
         if overlays is not None:
@@ -116,12 +126,12 @@ def run(args: argparse.Namespace) -> int:
         try:
             summary = process_bag(bag, topics, store, grounder, settings, out, args.storage, args.video)
         except KeyboardInterrupt:
-            log.warning("stopped at once by Ctrl-C; %s is closed and readable", out)
+            log.warning("stopped at once by a second signal; %s is closed and readable", out)
             return 130
     log.info("wrote %s (%s)%s", out, args.storage, f" and {args.video}" if args.video else "")
     for line in summary.lines():
         (log.warning if line.startswith(("the bag is damaged", "interrupted")) else log.info)("%s", line)
-    return 130 if summary.interrupted else 0
+    return 128 + summary.stop_signal if summary.interrupted else 0  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 def register(subparsers) -> None:
@@ -141,10 +151,7 @@ def register(subparsers) -> None:
     parser.add_argument("--video", help="also write an MP4 of the overlays (first prompt) at the recording's rate")
     parser.add_argument("--storage", choices=sorted(STORAGES), default="mcap", help="output storage (default mcap)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per forward pass (default 8)")
-    parser.add_argument("--max-depth-age", type=float, default=0.1,
-                        help="largest stamp difference in s between an image and its depth image (default 0.1)")
-    parser.add_argument("--depth-window", type=int, default=5, help="pixels of the square around a peak whose median "
-                                                                    "depth is taken (default 5)")
+    add_parameter_arguments(parser, ("max_depth_age", "depth_window"))
     add_peak_arguments(parser)
     add_model_arguments(parser)
     parser.set_defaults(func=run)

@@ -63,6 +63,7 @@ class Summary:
     without_3d: collections.Counter = field(default_factory=collections.Counter)  # reason -> frames
     stopped: str | None = None  # where a damaged bag ended
     interrupted: bool = False
+    stop_signal: int | None = None  # the signal that interrupted the run (SIGINT, SIGTERM)
     video_fps: float | None = None
 
     def lines(self) -> list[str]:
