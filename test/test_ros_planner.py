@@ -165,6 +165,7 @@ def test_several_clients_at_once_each_get_their_own_answer(grounding, coffee):
     ("unknown camera", "camera: 'left'"),
     ("depth of another size", "depth: "),
     ("depth without image", "depth: given without an image"),
+    ("camera_info without image", "camera_info: given without an image"),
     ("negative timeout", "timeout_s"),
 ])
 def test_bad_requests_get_a_reason_and_the_node_goes_on(grounding, coffee, case, expected):
@@ -183,6 +184,8 @@ def test_bad_requests_get_a_reason_and_the_node_goes_on(grounding, coffee, case,
         kwargs.update(depth=np.ones((10, 10), np.float32), camera_info=support.motorcycle_rgbd()[2])
     elif case == "depth without image":
         kwargs = {"depth": numpy_to_image(np.ones((4, 4), np.float32), "32FC1", client.header())}
+    elif case == "camera_info without image":
+        kwargs = {"camera_info": support.motorcycle_rgbd()[2]}
     response = (client.ground(prompts, timeout=-1.0, **kwargs) if case == "negative timeout"
                 else client.ground(prompts, camera="left", **kwargs) if case == "unknown camera"
                 else client.ground(prompts, **kwargs))

@@ -111,6 +111,9 @@ def parse_request(request: Ground.Request, default_timeout_s: float, cameras: tu
     if from_camera and depth is not None:
         raise ValueError("depth: given without an image; with an empty image the camera's paired depth is used")
     info = request.camera_info if request.camera_info.width or any(request.camera_info.k) else None
+    if from_camera and info is not None:
+        raise ValueError("camera_info: given without an image; with an empty image the camera's own camera_info "
+                         "is used")
     return GroundRequest(prompts, None if from_camera else request.image, depth, info,
                          timeout_s or default_timeout_s, from_camera, camera or (cameras[0] if cameras else ""))
 
