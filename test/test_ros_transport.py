@@ -115,6 +115,7 @@ def test_a_lossy_best_effort_camera_raises_the_transport_loss_warning(tmp_path):
         assert diagnostics["_level"] == 1  # WARN
         assert float(diagnostics["transport_loss"]) > 0.05 and int(diagnostics["frames_lost"]) > 0
         assert "image: best effort" in diagnostics["image_qos"]
+        assert "Fast DDS profile" in diagnostics["_message"]  # the fix, in /diagnostics as in the log
         log = node.log()
         assert "Fast DDS profile" in log and "publish reliably" in log  # the cause and both fixes, once
         assert node.running, log

@@ -218,4 +218,4 @@ class CameraStream:
                    f"({fastdds_profile_variable()}=<share>/affordance_clip_ros/config/fastdds_profile.xml), or "
                    "have it publish reliably")
         self.throttled.warning(f"transport loss {self.name}", f"{text}; {fix}")
-        return text
+        return f"{text}; {fix}"
