@@ -17,11 +17,12 @@ use_depth, device, clip_pretrained and fpn_checkpoint override it only when give
 the file's values stand.
 
 use_fastdds_profile: auto (default) runs the node with the package's Fast DDS profile (shared
-memory + 4 MB UDP buffers, see config/fastdds_profile.xml), so best-effort camera images between
-processes are not lost, unless FASTDDS_DEFAULT_PROFILES_FILE or FASTRTPS_DEFAULT_PROFILES_FILE
-is already set (a robot's own profile is kept); true always uses the package's profile, false
-never. On Humble and Jazzy (Fast DDS 2) the variable set is FASTRTPS_DEFAULT_PROFILES_FILE. Give the camera driver
-the same FASTDDS_DEFAULT_PROFILES_FILE for shared memory on both sides.
+memory + 4 MB UDP buffers, see config/fastdds_profile.xml), unless FASTDDS_DEFAULT_PROFILES_FILE
+or FASTRTPS_DEFAULT_PROFILES_FILE is already set (a robot's own profile is kept); true always uses
+the package's profile, false never. The variable set is FASTDDS_DEFAULT_PROFILES_FILE on Kilted
+(Fast DDS 3) and FASTRTPS_DEFAULT_PROFILES_FILE on Jazzy (Fast DDS 2). Best-effort camera images
+between processes arrive only when the camera driver has the profile too: give it the same
+variable (docs/ros.md, "Camera QoS and DDS").
 
 cameras ("[head, wrist]" or "head, wrist"): one node serves several cameras; camera N subscribes
 N/image (N/depth, N/camera_info) and publishes under ~/N/. Then image_topic, depth_topic and
@@ -43,11 +44,15 @@ from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
+from affordance_clip_ros.parameter_table import PARAMS
 from affordance_clip_ros.ros.compat import fastdds_profile_set, fastdds_profile_variable
 
 PACKAGE = "affordance_clip_ros"
 RVIZ_OUTPUTS = ("overlay", "heatmap", "markers", "contact_point")  # the node's outputs config/grounding.rviz shows
 
+SPECS = {spec.name: spec for spec in PARAMS}
+# Parameters that a launch argument overrides in params_file when not empty (description and type: the table's).
+PARAMETER_ARGUMENTS = ("use_depth", "device", "clip_pretrained", "fpn_checkpoint", "compile")
 # name, default, description (the single list of launch arguments)
 ARGUMENTS = (
     ("image_topic", "/camera/color/image_raw", "colour image topic (rgb8, bgr8, rgba8, bgra8, mono8, mono16)"),
@@ -55,17 +60,9 @@ ARGUMENTS = (
      "depth registered to the colour image (16UC1 mm or 32FC1 m); used when use_depth is true"),
     ("camera_info_topic", "/camera/color/camera_info", "CameraInfo of the colour image; used when use_depth is true"),
     ("query_topic", "/affordance/query", "std_msgs/String prompts, several separated by ';'"),
-    ("use_depth", "", "true: publish 3D contact points and markers from depth + camera_info "
-     "(empty: params_file's value)"),
-    ("device", "", "auto (CUDA when present), cpu, cuda or cuda:N (empty: params_file's value)"),
-    ("clip_pretrained", "", "CLIP weights: openai (from the cache), a file path, or none (random, tests) "
-     "(empty: params_file's value)"),
-    ("fpn_checkpoint", "", "trained FPN .safetensors (empty: params_file's value; the packaged file has none, "
-     "which means the training-free dense CLIP head)"),
-    ("compile", "", "how the image path runs: auto (CUDA graphs on a GPU, recorded at start-up, no compiler), off, "
-     "cuda-graphs, or torch.compile: default, reduce-overhead, max-autotune (empty: params_file's value)"),
+    *[(name, "", f"{SPECS[name].description} (empty: params_file's value)") for name in PARAMETER_ARGUMENTS],
     ("params_file", PathJoinSubstitution([FindPackageShare(PACKAGE), "config", "grounding.yaml"]),
-     "YAML parameter file; use_depth, device, clip_pretrained, fpn_checkpoint and compile override it when given"),
+     f"YAML parameter file; {', '.join(PARAMETER_ARGUMENTS)} override it when given"),
     ("namespace", "", "namespace of the node (outputs are <namespace>/affordance_grounding/...)"),
     ("rviz", "false", "start RViz with config/grounding.rviz (overlay, heatmap, markers; with cameras, the first "
      "camera's)"),
@@ -73,13 +70,11 @@ ARGUMENTS = (
      "(with use_depth N/depth, N/camera_info) and publishes under ~/N/; the topic arguments then apply per camera "
      "when they contain {camera} (empty: params_file's value, one camera)"),
     ("use_fastdds_profile", "auto", "run the node with config/fastdds_profile.xml (shared memory, big buffers): "
-     "auto = unless FASTDDS_DEFAULT_PROFILES_FILE is set, true, false"),
+     "auto = unless the robot sets its own profile (FASTDDS_/FASTRTPS_DEFAULT_PROFILES_FILE), true, false"),
     ("managed", "false", "true: start managed_grounding_node, the lifecycle node (standard lifecycle services)"),
     ("autostart", "true", "with managed:=true: configure and activate the node at once; false: leave it "
      "unconfigured for the robot's lifecycle manager"),
 )
-# Arguments that override params_file when not empty, with their parameter types.
-PARAMETER_ARGUMENTS = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -94,8 +89,8 @@ def _launch_setup(context) -> list:
     value = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
     share = FindPackageShare(PACKAGE)
     # launch_ros converts a substitution to value_type, but takes a plain value only when it already has that type.
-    overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=kind)
-                 for name, kind in PARAMETER_ARGUMENTS.items() if value[name]}
+    overrides = {name: ParameterValue(LaunchConfiguration(name), value_type=type(SPECS[name].default))
+                 for name in PARAMETER_ARGUMENTS if value[name]}
     managed, autostart = _boolean("managed", value["managed"]), _boolean("autostart", value["autostart"])
     cameras = _camera_names(value["cameras"])
     if cameras:

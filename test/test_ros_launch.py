@@ -56,20 +56,15 @@ def _calls(node: ast.AST, name: str) -> list[ast.Call]:
             and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
 
 
-def _arguments(tree: ast.Module) -> dict[str, ast.AST]:
-    assign = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "ARGUMENTS")
-    return {elt.elts[0].value: elt.elts[1] for elt in assign.value.elts}
-
-
-def test_declares_exactly_the_issue_arguments(tree):
-    args = _arguments(tree)
-    assert set(args) == EXPECTED_ARGUMENTS
+def test_declares_exactly_the_issue_arguments(tree, launch_file):
+    defaults = {name: default for name, default, _ in launch_file["ARGUMENTS"]}
+    assert set(defaults) == EXPECTED_ARGUMENTS
     assert len(_calls(tree, "DeclareLaunchArgument")) == 1  # one loop over ARGUMENTS declares them all
-    assert ast.literal_eval(args["use_fastdds_profile"]) == "auto"  # unless the robot has its own profile
-    assert ast.literal_eval(args["rviz"]) == "false"
-    assert ast.literal_eval(args["query_topic"]) == grounding_node.QUERY_TOPIC
+    assert defaults["use_fastdds_profile"] == "auto"  # unless the robot has its own profile
+    assert defaults["rviz"] == "false"
+    assert defaults["query_topic"] == grounding_node.QUERY_TOPIC
     for name in [*TO_NODE_PARAM, "cameras"]:  # empty: the params file decides
-        assert ast.literal_eval(args[name]) == "", name
+        assert defaults[name] == "", name
 
 
 def test_every_file_it_names_is_installed(tree):
@@ -283,11 +278,11 @@ def test_yaml_defaults_equal_the_parameter_table():
             f"{name}: YAML {values[name]!r}, table {spec.default!r}"
 
 
-def test_launch_parameter_arguments_match_the_parameter_table(launch_file):
-    for name, kind in launch_file["PARAMETER_ARGUMENTS"].items():
+def test_launch_parameter_arguments_take_their_descriptions_from_the_parameter_table(launch_file):
+    descriptions = {name: text for name, _, text in launch_file["ARGUMENTS"]}
+    for name in launch_file["PARAMETER_ARGUMENTS"]:
         assert name in params.SPECS, f"launch argument {name} is not a parameter of the table"
-        assert kind is type(params.SPECS[name].default), \
-            f"launch argument {name}: {kind.__name__}, table {type(params.SPECS[name].default).__name__}"
+        assert descriptions[name].startswith(params.SPECS[name].description), name
 
 
 def test_settings_has_one_field_per_table_entry():
