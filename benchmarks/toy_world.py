@@ -4,7 +4,7 @@ localise action verbs that no referring phrase ever held.
 After ``make build``::
 
     bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/toy_world.py --out runs/toy_world  # <= 30 min
-    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/toy_world.py --out /tmp/toy --quick  # about a minute
+    bash scripts/with_ros.sh .venv-kilted/bin/python benchmarks/toy_world.py --out /tmp/toy --quick  # check, ~20 s
 
 (ROS is not needed: ``PYTHONPATH=. python benchmarks/toy_world.py ...`` works too.) Steps, all
 in the toy world of ``affordance_clip_ros.training.toy_world``:
@@ -49,6 +49,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from affordance_clip_ros import cli
+from affordance_clip_ros.benchmark import describe_cpu
 from affordance_clip_ros.evaluation.agd20k import AGD20KTestSet
 from affordance_clip_ros.evaluation.evaluate import evaluate
 from affordance_clip_ros.model import AffordanceGrounder, GrounderConfig
@@ -96,17 +97,6 @@ class CentrePrior:
             sigma = 0.25 * min(h, w)
             maps.append(np.exp(-(((x - (w - 1) / 2) ** 2 + (y - (h - 1) / 2) ** 2) / (2 * sigma ** 2))))
         return maps
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run_cli(*args: str) -> None:
@@ -282,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the FPN (default 0)")
-    parser.add_argument("--quick", action="store_true", help="a one-minute pipeline check; the numbers mean nothing")
+    parser.add_argument("--quick", action="store_true", help="a pipeline check of about 20 s; the numbers mean nothing")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: on two cores shared with other work, OpenMP threads "
                              "waiting for a busy core made two threads slower than one)")
@@ -335,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
            "referred_kinds": list(SEEN_KINDS), "images": counts, "toy_clip_zero_shot": zero_shot,
            "random_clip_zero_shot": random_zero_shot, "other_verb_control": control,
            "per_verb": per_verb, "toy_clip_last_loss": float(np.mean(losses[-10:])),
-           "toy_clip_losses": losses, "seconds": seconds, "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+           "toy_clip_losses": losses, "seconds": seconds, "machine": describe_cpu(),
            "load_average_at_end": os.getloadavg(),
            "threads": torch.get_num_threads(),
            "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__,

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..model.checkpoint import written_atomically
+from ..io import written_atomically
 from ..model.clip_backbone import CLIP_MEAN, CLIP_STD  # also registers the configs in model/configs/
 from .toy_world import KINDS, VERBS, caption_batch, draw_scene
 

@@ -30,7 +30,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from ..model.checkpoint import written_atomically
+from ..io import written_atomically
 
 KINDS = ("ball", "box", "triangle", "ring", "star", "cross")
 VERBS = {"roll": ("ball",), "stack": ("box",), "cut": ("triangle",),
