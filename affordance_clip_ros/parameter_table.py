@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .model.calibration import DEFAULT_BACKGROUND_PROMPTS, validate_background_prompts
-from .model.grounder import BACKENDS, COMPILE_MODES, PRECISIONS
+from .model.options import (BACKENDS, COMPILE_MODES, DEFAULT_BACKGROUND_PROMPTS, PRECISIONS,
+                            validate_background_prompts)
 from .model.templates import validate_templates
 
 IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "auto")

@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import filecmp
 import os
+import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ET
@@ -276,6 +277,17 @@ def test_yaml_defaults_equal_the_parameter_table():
     for name, spec in params.SPECS.items():
         assert values[name] == spec.default and type(values[name]) is type(spec.default), \
             f"{name}: YAML {values[name]!r}, table {spec.default!r}"
+
+
+def test_what_the_launch_file_imports_of_the_package_loads_no_torch():
+    """`ros2 launch` imports the parameter table and the distro module: torch must not come with
+    them (seconds of start-up and hundreds of MB in the launch process)."""
+    imports = [n for n in ast.walk(ast.parse(LAUNCH.read_text())) if isinstance(n, ast.ImportFrom)
+               and n.module.startswith("affordance_clip_ros")]
+    assert imports
+    code = "; ".join(f"import {n.module}" for n in imports) + "; import sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def test_launch_parameter_arguments_take_their_descriptions_from_the_parameter_table(launch_file):

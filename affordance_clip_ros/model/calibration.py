@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import torch
 
-# Phrases of what is usually in view but affords no action a robot is asked for.
-DEFAULT_BACKGROUND_PROMPTS: tuple[str, ...] = ("background", "wall", "floor", "ceiling", "sky", "ground")
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned temperature here
 
 
@@ -28,11 +26,3 @@ def background_softmax(logits: torch.Tensor, background: torch.Tensor, logit_sca
     prompt = logits.float() * scale
     rest = torch.logsumexp(background.float() * scale, dim=1, keepdim=True)  # (B, 1, h, w)
     return torch.sigmoid(prompt - rest)  # = exp(p) / (exp(p) + sum_k exp(b_k))
-
-
-def validate_background_prompts(prompts) -> tuple[str, ...]:
-    """At least one non-empty phrase; returns them stripped, as a tuple."""
-    phrases = tuple(str(p).strip() for p in prompts)
-    if not phrases or not all(phrases):
-        raise ValueError("background_prompts must hold at least one non-empty phrase such as 'wall'")
-    return phrases

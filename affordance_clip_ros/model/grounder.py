@@ -11,24 +11,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .calibration import DEFAULT_BACKGROUND_PROMPTS, background_softmax, validate_background_prompts
+from .calibration import background_softmax
 from .checkpoint import load_fpn
 from .clip_backbone import FrozenCLIP
 from .cuda_graphs import GraphedImagePath
 from .device_postprocess import find_peaks_torch
 from .fpn import AffordanceFPN, paired_pixel_text_logits, pixel_text_logits
 from .letterbox import letterbox_batch, unletterbox
+from .options import BACKENDS, COMPILE_MODES, DEFAULT_BACKGROUND_PROMPTS, PRECISIONS, validate_background_prompts
 from .peaks import Peak, find_peaks
 from .fidelity import FIDELITY_PROMPTS
 from .templates import DEFAULT_TEMPLATES, expand, validate_templates
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
-BACKENDS = ("auto", "torch", "onnxruntime")
-# How the torch image path runs: "auto" = "cuda-graphs" on CUDA (recorded once, replayed; no compiler),
-# else "off" (eager); the rest are torch.compile modes ("reduce-overhead", "max-autotune": CUDA graphs on CUDA).
-COMPILE_MODES = ("auto", "off", "cuda-graphs", "default", "reduce-overhead", "max-autotune")
 MODE_FPN = "fpn"
 MODE_TRAINING_FREE = "training-free"
 
