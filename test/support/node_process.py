@@ -97,6 +97,8 @@ class NodeProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "NodeProcess":
+        if self.process is not None:
+            raise RuntimeError("this node process was started already")
         self._log_file = open(self.log_path, "wb")
         self.process = subprocess.Popen(self.args, stdout=self._log_file, stderr=subprocess.STDOUT, env=self.env,
                                         start_new_session=True)
@@ -150,7 +152,8 @@ class NodeProcess:
         return self.process.returncode
 
     def __enter__(self) -> "NodeProcess":
-        return self.start()
+        """Starts the node unless :meth:`start` already has."""
+        return self if self.process is not None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
