@@ -13,6 +13,8 @@ behind another. Per resolution (640x480, 1280x720) it reports:
 * ``e2e_ms``: publish -> result received (median), and ``model_ms``: the node's own
   ``inference_ms`` of the same frames (grounder.predict: model, maps, host copy, peaks);
   ``ros_overhead_ratio`` = e2e / model.
+* ``service_ms`` / ``service_max_ms``: ``~/ground`` with the frame in the request, request ->
+  response (median, slowest), and ``service_model_ms``, the node's ``inference_ms`` in it.
 * ``e2e_fps``: results per second, from the first publish to the last result, while frames are
   published at ``--rate-hz`` (default 100 Hz; 200 for a fast camera), faster than the node takes
   them (it processes the newest frame and drops the others); ``loaded_e2e_ms`` /
@@ -120,6 +122,22 @@ def node_latency(client: GroundingClient, rgb: np.ndarray, frames: int, timeout:
     return {"e2e_ms": e2e_ms, "e2e_max_ms": max(e2e), "model_ms": model_ms, "ros_overhead_ratio": e2e_ms / model_ms}
 
 
+def service_latency(client: GroundingClient, rgb: np.ndarray, frames: int, timeout: float) -> dict:
+    """``~/ground`` with the frame in the request, as a planner calls it: request to response
+    (``service_ms`` median and max) and the node's inference time in it; ``frames`` times."""
+    client.ground(["hold"], image=rgb, timeout=timeout)  # warm-up
+    round_trip, model = [], []
+    for _ in range(frames):
+        start = time.perf_counter()
+        response = client.ground(["hold"], image=rgb, timeout=timeout)
+        if not response.success:
+            raise RuntimeError(f"~/ground failed: {response.message}")
+        round_trip.append((time.perf_counter() - start) * 1e3)
+        model.append(float(response.result.inference_ms))
+    return {"service_ms": statistics.median(round_trip), "service_max_ms": max(round_trip),
+            "service_model_ms": statistics.median(model)}
+
+
 def node_throughput(client: GroundingClient, rgb: np.ndarray, seconds: float, rate_hz: float = 100.0
                     ) -> dict:
     """For frames published at ``rate_hz`` for ``seconds``: results per second (``e2e_fps``) and
@@ -172,7 +190,8 @@ def measure_nodes(variants: dict[str, dict], grounder: AffordanceGrounder, args)
         for width, height in (map(int, size.split("x")) for size in args.resolutions):
             rgb, size = frame(width, height), f"{width}x{height}"
             for suffix, (_, client) in running.items():
-                for name, value in node_latency(client, rgb, args.frames, args.timeout).items():
+                for name, value in {**node_latency(client, rgb, args.frames, args.timeout),
+                                    **service_latency(client, rgb, args.frames, args.timeout)}.items():
                     results[f"{name}_{size}{suffix}"] = value
             if args.throughput_seconds > 0:
                 rounds = [{suffix: node_throughput(client, rgb, args.throughput_seconds / 2, args.rate_hz)
