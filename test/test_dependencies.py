@@ -27,7 +27,7 @@ ROSDEP_KEYS = {
     "rosbags": "python3-rosbags-pip",
     "open-clip-torch": None, "safetensors": None, "pycocotools": None, "onnx": None, "mcap": None,
 }
-TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis"}
+TEST_KEYS = {"pytest": "python3-pytest", "hypothesis": "python3-hypothesis", "packaging": "python3-packaging"}
 
 
 def _requirements(path: Path) -> dict[str, Requirement]:

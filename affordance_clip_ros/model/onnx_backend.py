@@ -277,7 +277,7 @@ def build_ort_image_path(module: ImagePath, input_size: int, precision: str, cac
     precision "fp32"; "int8" or "auto": the first of INT8_SCHEMES whose heatmaps correlate >=
     INT8_MIN_CORRELATION with fp32 on the check photos, else fp32 with a warning (``heatmaps`` maps
     embeddings to the maps the user gets; default: logits for 8 random text directions). Building
-    one scheme takes 20-30 s for RN101 on a shared 2-core CPU (then cached). The cache
+    one scheme takes 12-17 s for RN101 on a 2-core CPU (then cached). The cache
     (``cache_dir``, default ~/.cache/affordance_clip_ros/onnx) is keyed by a hash of the weights and
     of the int8 schemes, so a new checkpoint never reuses a stale engine; ``cacheable`` False
     (random weights) skips it.
