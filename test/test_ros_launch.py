@@ -222,12 +222,17 @@ def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choi
     assert first == ("SetEnvironmentVariable" if applied else "Node")  # before the node starts
 
 
+THIS_DISTRO_VARIABLE = {"kilted": "FASTDDS_DEFAULT_PROFILES_FILE", "jazzy": "FASTRTPS_DEFAULT_PROFILES_FILE"}[
+    os.environ["ROS_DISTRO"]]  # the wheel set these tests run on (scripts/with_ros.sh sets it)
+
+
 @pytest.mark.parametrize("distro, variable", [("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"),
-                                             ("", "FASTDDS_DEFAULT_PROFILES_FILE"),
+                                             ("", THIS_DISTRO_VARIABLE),
                                              ("jazzy", "FASTRTPS_DEFAULT_PROFILES_FILE"),
                                              ("humble", "FASTRTPS_DEFAULT_PROFILES_FILE")])
 def test_fastdds_profile_variable_is_the_one_the_distros_fast_dds_reads(launch_file, distro, variable):
-    """Fast DDS 3 (Kilted on) reads FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Humble, Jazzy) the older name."""
+    """Fast DDS 3 (Kilted on) reads FASTDDS_DEFAULT_PROFILES_FILE, Fast DDS 2 (Humble, Jazzy) the older
+    name; without ROS_DISTRO, the one of the installed rclpy's distro."""
     [profile] = _launch(launch_file, {"ROS_DISTRO": distro} if distro else {})["SetEnvironmentVariable"]
     assert profile.args[0] == variable
 

@@ -25,8 +25,11 @@ def ros_distro(environment: Mapping[str, str] | None = None) -> str:
 
 
 def fastdds_profile_variable(environment: Mapping[str, str] | None = None) -> str:
-    """The environment variable through which this distribution's Fast DDS reads an XML profile."""
-    return PROFILE_VARIABLES[ros_distro(environment) in FAST_DDS_2_DISTROS]
+    """The environment variable through which this distribution's Fast DDS reads an XML profile.
+    Without ROS_DISTRO the installed rclpy tells: MessageInfo came with Kilted, as Fast DDS 3 did."""
+    distro = ros_distro(environment)
+    fast_dds_2 = distro in FAST_DDS_2_DISTROS if distro else MessageInfo is dict
+    return PROFILE_VARIABLES[fast_dds_2]
 
 
 def fastdds_profile_set(environment: Mapping[str, str] | None = None) -> bool:
