@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -199,6 +200,26 @@ def test_several_cameras_follow_the_transitions_together(tmp_path):
             client.close()
         rc = node.stop()
     assert rc == 0 and "Traceback" not in node.log(), node.log()
+
+
+@pytest.mark.parametrize("executable", ["grounding_node", "managed_grounding_node"])
+def test_a_stopped_node_leaves_no_shared_memory_behind(executable, tmp_path):
+    """Fast DDS keeps a participant's shared-memory files in /dev/shm until the participant is
+    deleted; a node that ends without deleting it leaves them there until the machine restarts
+    (35 MB each with the package's profile). The node runs alone in its domain, so every file
+    that appears while it runs is its own."""
+    shm = Path("/dev/shm")
+    before = set(os.listdir(shm))
+    node = support.NodeProcess(TINY, namespace=f"/t{os.getpid()}_shm", env=support.ros_env(support.free_domain_id(17)),
+                               log_path=tmp_path / "node.log", executable=executable).start()
+    deadline = time.monotonic() + 60
+    while not set(os.listdir(shm)) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # every transport of the participant is up
+    created = {name for name in set(os.listdir(shm)) - before if name.startswith(("fastdds_", "fastrtps_"))}
+    assert created, f"the node created no shared-memory file (is the Fast DDS profile applied?)\n{node.log()}"
+    assert node.stop() == 0, node.log()
+    assert not created & set(os.listdir(shm)), f"left in /dev/shm: {sorted(created & set(os.listdir(shm)))}"
 
 
 # --- an interruptible start-up ---------------------------------------------------------------

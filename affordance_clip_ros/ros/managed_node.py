@@ -34,6 +34,13 @@ class ManagedGroundingNode(GroundingNode, LifecycleNode):
         super().__init__(**kwargs)
         self._signals = signals
 
+    def destroy_node(self) -> None:
+        """Also destroy rclpy's lifecycle state machine: it holds the node's handle, and rclpy's
+        LifecycleNode leaves it, so the node and its DDS participant outlived ``destroy_node`` and
+        the participant's shared-memory files in /dev/shm outlived the process."""
+        super().destroy_node()
+        self._state_machine.destroy_when_not_in_use()
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             if self._signals is not None:
