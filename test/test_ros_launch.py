@@ -33,6 +33,8 @@ EXPECTED_ARGUMENTS = {"image_topic", "depth_topic", "camera_info_topic", "query_
 # Where each argument must end up.
 TO_NODE_REMAP = {"image_topic": "image", "depth_topic": "depth", "camera_info_topic": "camera_info",
                  "query_topic": grounding_node.QUERY_TOPIC}
+THIS_DISTRO_VARIABLE = {"kilted": "FASTDDS_DEFAULT_PROFILES_FILE", "jazzy": "FASTRTPS_DEFAULT_PROFILES_FILE"}[
+    os.environ["ROS_DISTRO"]]  # the wheel set these tests run on (scripts/with_ros.sh sets it)
 TO_NODE_PARAM = {"use_depth": bool, "device": str, "clip_pretrained": str, "fpn_checkpoint": str, "compile": str}
 
 
@@ -175,7 +177,7 @@ def test_every_argument_reaches_the_node(launch_file):
     assert rviz["namespace"] == "arm" and rviz["arguments"][0] == "-d" and rviz["condition"].args == ("true",)
     assert rviz["remappings"] == []  # one camera: the config's topics as they are
     [profile] = actions["SetEnvironmentVariable"]
-    assert profile.args[0] == "FASTDDS_DEFAULT_PROFILES_FILE"
+    assert profile.args[0] == THIS_DISTRO_VARIABLE  # no ROS_DISTRO given to the launch: rclpy decides
 
 
 def test_parameters_not_given_come_from_the_params_file(launch_file):
@@ -220,10 +222,6 @@ def test_fastdds_profile_keeps_a_profile_the_robot_already_has(launch_file, choi
     assert bool(actions.get("SetEnvironmentVariable")) == applied
     first = next(iter(actions))
     assert first == ("SetEnvironmentVariable" if applied else "Node")  # before the node starts
-
-
-THIS_DISTRO_VARIABLE = {"kilted": "FASTDDS_DEFAULT_PROFILES_FILE", "jazzy": "FASTRTPS_DEFAULT_PROFILES_FILE"}[
-    os.environ["ROS_DISTRO"]]  # the wheel set these tests run on (scripts/with_ros.sh sets it)
 
 
 @pytest.mark.parametrize("distro, variable", [("kilted", "FASTDDS_DEFAULT_PROFILES_FILE"),
