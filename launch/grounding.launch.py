@@ -44,13 +44,12 @@ from launch_ros.events.lifecycle import ChangeState
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
-from affordance_clip_ros.parameter_table import PARAMS
+from affordance_clip_ros.parameter_table import SPECS
 from affordance_clip_ros.ros.compat import fastdds_profile_set, fastdds_profile_variable
 
 PACKAGE = "affordance_clip_ros"
 RVIZ_OUTPUTS = ("overlay", "heatmap", "markers", "contact_point")  # the node's outputs config/grounding.rviz shows
 
-SPECS = {spec.name: spec for spec in PARAMS}
 # Parameters that a launch argument overrides in params_file when not empty (description and type: the table's).
 PARAMETER_ARGUMENTS = ("use_depth", "device", "clip_pretrained", "fpn_checkpoint", "compile")
 # name, default, description (the single list of launch arguments)
